@@ -71,9 +71,12 @@ class Call(Message):
 
     TYPE = MessageType.CALL
     fields = ("method", "args", "kwargs")
+    optional: ClassVar[dict[str, Any]] = {"timeout": None}
     method: str = ""
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+    timeout: float | None = None
+    """How long the caller waits; the server reports calls running far past it as hung."""
 
 
 @dataclass(slots=True)
@@ -143,7 +146,10 @@ class Pong(Message):
 
     TYPE = MessageType.PONG
     fields = ("sent",)
+    optional: ClassVar[dict[str, Any]] = {"overdue": []}
     sent: float = 0.0
+    overdue: list[str] = field(default_factory=list)
+    """Served calls still running long after their caller gave up: a sign of a hung worker."""
 
 
 @dataclass(slots=True)
@@ -209,14 +215,18 @@ _NUMBER: _Check = (_is_number, "a number")
 
 # code -> (class, {field: check}, {optional field: check})
 _SPECS: dict[str, tuple[type[Message], dict[str, _Check], dict[str, _Check]]] = {
-    MessageType.CALL: (Call, {"method": _STR, "args": _ARGS, "kwargs": _KWARGS}, {}),
+    MessageType.CALL: (
+        Call,
+        {"method": _STR, "args": _ARGS, "kwargs": _KWARGS},
+        {"timeout": ((lambda v: v is None or _is_number(v)), "a number or None")},
+    ),
     MessageType.GET: (GetAttribute, {"name": _STR}, {}),
     MessageType.SET: (SetAttribute, {"name": _STR, "value": _ANY}, {"ack": (_is_bool, "a bool")}),
     MessageType.RESULT: (Result, {"payload": _ANY}, {}),
     MessageType.ERROR: (Error, {"error": (_is_exception, "an exception")}, {"traceback": _STR}),
     MessageType.HELLO: (Hello, {"version": _INT, "pid": _INT, "name": _STR}, {}),
     MessageType.PING: (Ping, {"sent": _NUMBER}, {}),
-    MessageType.PONG: (Pong, {"sent": _NUMBER}, {}),
+    MessageType.PONG: (Pong, {"sent": _NUMBER}, {"overdue": ((lambda v: isinstance(v, list)), "a list")}),
     MessageType.EVENT: (Event, {"method": _STR, "args": _ARGS, "kwargs": _KWARGS}, {}),
     MessageType.STOP: (Stop, {"reason": _STR}, {}),
 }

@@ -148,6 +148,7 @@ class Endpoint:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         default_timeout: float = DEFAULT_TIMEOUT,
         send_timeout: float = DEFAULT_SEND_TIMEOUT,
+        overdue_grace: float = 2.0,
         start: bool = True,
     ) -> None:
         self.name = name
@@ -168,6 +169,10 @@ class Endpoint:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix=f"{name}-serve")
         self._reader = threading.Thread(target=self._read_loop, name=f"{name}-reader", daemon=True)
         self.peer: Hello | None = None
+        self.peer_overdue: list[str] = []
+        """What the peer's last pong reported as overdue: calls running long after their timeout."""
+        self._running: dict[int, tuple[str, float, float | None]] = {}
+        self._overdue_grace = overdue_grace
         self.peer_ready = threading.Event()
         self.stop_acknowledged = threading.Event()
         self.closed = threading.Event()
@@ -216,10 +221,26 @@ class Endpoint:
     def wait_peer(self, timeout: float) -> Hello:
         """Wait for the peer's hello (our peers send one first thing); CallTimeout otherwise."""
         if not self.peer_ready.wait(timeout):
-            self._raise_if_closed()
             raise CallTimeout(f"{self.name}: peer did not say hello within {timeout:g}s")
+        if self.peer is None:  # woken by the channel closing
+            self._raise_if_closed()
         assert self.peer is not None
         return self.peer
+
+    def abandon(self) -> None:
+        """In a forked child: let go of the parent's channel without shutting it down for the parent."""
+        self._mark_closed(SidecarUnavailable(f"{self.name}: belongs to the parent process"))
+        with contextlib.suppress(OSError):
+            self._connection.close()
+
+    def overdue(self) -> list[str]:
+        """Served calls running (or queued) well past the timeout their caller gave them."""
+        now = time.monotonic()
+        return [
+            f"{what} running {now - started:.1f}s, past its {timeout:g}s timeout"
+            for what, started, timeout in list(self._running.values())
+            if timeout is not None and now - started > timeout + self._overdue_grace
+        ]
 
     def _mark_closed(self, error: SidecarError) -> bool:
         with self._lock:
@@ -230,6 +251,7 @@ class Endpoint:
         for future in pending.values():
             _settle(future, error=type(error)(f"{error} (during {future.what})"))
         self.closed.set()
+        self.peer_ready.set()  # wake wait_peer
         if self._on_close is not None:
             try:
                 self._on_close(error)
@@ -274,7 +296,9 @@ class Endpoint:
         timeout: float | None = None,
     ) -> Any:
         """``call`` with explicit args and kwargs, for methods that take a ``timeout`` of their own."""
-        message = Call(id=new_id(), method=method, args=tuple(args), kwargs=kwargs or {})
+        message = Call(
+            id=new_id(), method=method, args=tuple(args), kwargs=kwargs or {}, timeout=self._timeout(timeout)
+        )
         return self._wait(message.id, self._begin(message, f"call {method!r}"), timeout)
 
     def get_attribute(self, name: str, timeout: float | None = None) -> Any:
@@ -300,7 +324,9 @@ class Endpoint:
         timeout: float | None = None,
     ) -> Any:
         """Awaitable ``request``."""
-        message = Call(id=new_id(), method=method, args=tuple(args), kwargs=kwargs or {})
+        message = Call(
+            id=new_id(), method=method, args=tuple(args), kwargs=kwargs or {}, timeout=self._timeout(timeout)
+        )
         return await self._await(message.id, self._begin(message, f"call {method!r}"), timeout)
 
     async def aget_attribute(self, name: str, timeout: float | None = None) -> Any:
@@ -494,6 +520,7 @@ class Endpoint:
             work()
 
     def _on_call(self, message: Call) -> None:
+        self._running[message.id] = (f"call {message.method!r}", time.monotonic(), message.timeout)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._run_call_on_loop, message)
             return
@@ -511,19 +538,24 @@ class Endpoint:
             self._reply_error(message.id, exc)
         else:
             self._reply_result(message.id, result, f"call {message.method!r}")
+        finally:
+            self._running.pop(message.id, None)
 
     def _run_call_on_loop(self, message: Call) -> None:
         try:
             result = self._lookup_callable(message.method)(*message.args, **message.kwargs)
         except Exception as exc:
+            self._running.pop(message.id, None)
             self._reply_error(message.id, exc)
             return
         if not inspect.isawaitable(result):
+            self._running.pop(message.id, None)
             self._reply_result(message.id, result, f"call {message.method!r}")
             return
         task = asyncio.ensure_future(result)
 
         def finished(done: asyncio.Future[Any]) -> None:
+            self._running.pop(message.id, None)
             if done.cancelled():
                 self._reply_error(message.id, SidecarUnavailable(f"call {message.method!r} was cancelled"))
             elif done.exception() is not None:
@@ -597,9 +629,10 @@ class Endpoint:
         self.peer_ready.set()
 
     def _on_ping(self, message: Ping) -> None:
-        self._send_quietly(Pong(id=message.id, sent=message.sent))
+        self._send_quietly(Pong(id=message.id, sent=message.sent, overdue=self.overdue()))
 
     def _on_pong(self, message: Pong) -> None:
+        self.peer_overdue = message.overdue
         future = self._pending.pop(message.id, None)
         if future is not None:
             _settle(future, result=time.monotonic() - message.sent)

@@ -1,0 +1,68 @@
+"""A sidecar's health as one typed value: supervisor facts, psutil readings and heartbeats."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What an operator checks. ``healthy`` is RUNNING with a fresh heartbeat."""
+
+    name: str
+    state: str
+    healthy: bool
+    reason: str
+    pid: int | None
+    incarnation: int
+    uptime: float | None
+    restarts: int
+    last_exit: str | None
+    rss_bytes: int | None
+    cpu_percent: float | None
+    threads: int | None
+    open_fds: int | None
+    heartbeat_rtt: float | None
+    heartbeat_age: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessReading:
+    rss_bytes: int | None
+    cpu_percent: float | None
+    threads: int | None
+    open_fds: int | None
+
+
+class ProcessProbe:
+    """psutil readings of one worker process; CPU percent is measured between two readings."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        try:
+            self._process: psutil.Process | None = psutil.Process(pid)
+            self._process.cpu_percent(None)
+        except psutil.Error:
+            self._process = None
+
+    def read(self) -> ProcessReading:
+        process = self._process
+        if process is None:
+            return ProcessReading(None, None, None, None)
+        try:
+            with process.oneshot():
+                return ProcessReading(
+                    rss_bytes=process.memory_info().rss,
+                    cpu_percent=process.cpu_percent(None),
+                    threads=process.num_threads(),
+                    open_fds=process.num_fds(),
+                )
+        except psutil.Error:
+            return ProcessReading(None, None, None, None)

@@ -1,0 +1,80 @@
+"""Supervision policy: restart, backoff, timeouts, heartbeats and resource limits, validated."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from boss_sidecar.errors import ConfigError
+
+RESTART_POLICIES = ("never", "on-failure", "always")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarPolicy:
+    """Every option a sidecar is supervised by; ``Sidecar(name, **options)`` fills it."""
+
+    restart: str = "on-failure"
+    """never | on-failure | always: when a worker that exited is started again."""
+    max_restarts: int = 5
+    """Restart intensity: more than this many restarts within ``restart_window`` means FAILED."""
+    restart_window: float = 60.0
+    backoff_initial: float = 0.1
+    """Delay before the second of consecutive restarts (the first is immediate); doubles each time."""
+    backoff_factor: float = 2.0
+    backoff_max: float = 10.0
+    backoff_jitter: float = 0.1
+    """Fraction of the delay added or removed at random, so sidecars do not restart in lockstep."""
+    start_timeout: float = 30.0
+    call_timeout: float = 30.0
+    stop_timeout: float = 5.0
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 5.0
+    """A worker that does not answer a heartbeat in this time is hung: it is killed and restarted."""
+    max_rss_mb: float | None = None
+    max_cpu_percent: float | None = None
+    cpu_window: float = 30.0
+    """How long CPU use must stay above ``max_cpu_percent`` before the worker is restarted."""
+    put_buffer: int = 100_000
+    """Puts queued in the host at most; a put beyond waits (up to ``call_timeout``) for room."""
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.restart not in RESTART_POLICIES:
+            raise ConfigError(f"restart must be one of {', '.join(RESTART_POLICIES)}, got {self.restart!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if spec.name in ("restart", "log_level"):
+                continue
+            optional = spec.name in ("max_rss_mb", "max_cpu_percent")
+            if value is None and optional:
+                continue
+            if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+                raise ConfigError(f"{spec.name} must be a number, got {value!r}")
+            if value < 0 or (value == 0 and spec.name not in ("backoff_initial", "backoff_jitter", "max_restarts")):
+                raise ConfigError(f"{spec.name} must be positive, got {value!r}")
+        if not isinstance(self.max_restarts, int) or not isinstance(self.put_buffer, int):
+            raise ConfigError("max_restarts and put_buffer must be whole numbers")
+        if self.backoff_jitter >= 1:
+            raise ConfigError(f"backoff_jitter must be below 1, got {self.backoff_jitter!r}")
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> SidecarPolicy:
+        """Build from keyword options; an unknown one is an error that lists the known ones."""
+        known = {spec.name for spec in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unknown sidecar option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**options)
+
+    def backoff(self, consecutive: int, jitter: float) -> float:
+        """Delay before restart number ``consecutive`` (1-based); ``jitter`` is in [-1, 1]."""
+        if consecutive <= 1:
+            return 0.0
+        delay = min(self.backoff_max, self.backoff_initial * self.backoff_factor ** (consecutive - 2))
+        return max(0.0, delay * (1 + self.backoff_jitter * jitter))

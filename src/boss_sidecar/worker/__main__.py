@@ -1,0 +1,153 @@
+"""Worker program: ``python -m boss_sidecar.worker --fd N``. Never imported by the host.
+
+It serves a WorkerService on the channel inherited as file descriptor N, forwards its logs to
+the host, and exits by itself when the host stops it, dies (channel EOF or the parent-death
+signal) or sends SIGTERM. It always leaves through ``os._exit`` after a bounded clean-up, because
+zenoh can hang a normal interpreter exit (zenoh-python #434).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import MutableMapping
+from multiprocessing.connection import Connection
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from boss_sidecar.rpc import Endpoint
+from boss_sidecar.worker.service import WorkerService
+
+PR_SET_PDEATHSIG = 1
+PARENT_DEATH_SIGNAL = signal.SIGUSR2
+SHUTDOWN_BOUND = 0.6  # seconds for clean-up after the host died: the worker must be gone within 1 s
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, str | int | float | bool | type(None)) else repr(value)
+
+
+class _LogForwarder:
+    """structlog's last processor and a logging handler in one: records go to the host."""
+
+    def __init__(self, service: WorkerService) -> None:
+        self._service = service
+
+    def __call__(self, _logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+        record = {key: _plain(value) for key, value in event_dict.items()}
+        record.setdefault("level", method)
+        self._service._push("logs", record)
+        raise structlog.DropEvent
+
+
+class _StdlibToHost(logging.Handler):
+    """Records of libraries that use the logging module (HEROS does) reach the host too."""
+
+    def __init__(self, forward: _LogForwarder) -> None:
+        super().__init__()
+        self._forward = forward
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(structlog.DropEvent):
+            self._forward(None, record.levelname.lower(), {"event": record.getMessage(), "logger": record.name})
+
+
+def _configure_logging(service: WorkerService, level: str) -> None:
+    forward = _LogForwarder(service)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.format_exc_info,
+            forward,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        cache_logger_on_first_use=True,
+    )
+    root = logging.getLogger()
+    root.handlers = [_StdlibToHost(forward)]
+    root.setLevel(level.upper())
+
+
+def _watch_parent(parent_pid: int, done: threading.Event) -> None:
+    """Linux: ask for a signal when the parent dies; ignore it if only the spawning thread ended."""
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        if os.getppid() != parent_pid:
+            done.set()
+
+    signal.signal(PARENT_DEATH_SIGNAL, on_signal)
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(PARENT_DEATH_SIGNAL), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        done.set()
+
+
+def _bounded(step: Any, seconds: float) -> None:
+    """Run a clean-up step that might hang in zenoh; give up on it after ``seconds``."""
+    thread = threading.Thread(target=step, name="shutdown", daemon=True)
+    thread.start()
+    thread.join(seconds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m boss_sidecar.worker")
+    parser.add_argument("--fd", type=int, required=True, help="inherited channel file descriptor")
+    parser.add_argument("--name", default="sidecar")
+    parser.add_argument("--parent-pid", type=int, default=os.getppid())
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--stop-bound", type=float, default=3.0, help="seconds allowed for a clean stop")
+    args = parser.parse_args(argv)
+
+    done = threading.Event()
+    reason = {"why": "host closed the channel"}
+    service = WorkerService(args.name)
+    endpoint = Endpoint(
+        Connection(args.fd),
+        service,
+        name=f"{args.name}/worker",
+        on_stop=lambda why: _bounded(lambda: service.stop(why), args.stop_bound),
+        on_close=lambda _error: done.set(),
+        start=False,
+    )
+    service._attach(endpoint)
+    _configure_logging(service, args.log_level)
+
+    def on_term(signum: int, _frame: FrameType | None) -> None:
+        reason["why"] = f"signal {signal.Signals(signum).name}"
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    _watch_parent(args.parent_pid, done)
+
+    def stop_watch() -> None:
+        endpoint.stop_acknowledged.wait()
+        done.set()
+
+    threading.Thread(target=stop_watch, name="stop-watch", daemon=True).start()
+    endpoint.start()
+    done.wait()
+
+    stopped_politely = endpoint.stop_acknowledged.is_set()
+    if not stopped_politely:
+        structlog.get_logger("boss_sidecar.worker").info("worker exiting", reason=reason["why"])
+        _bounded(service.shutdown, SHUTDOWN_BOUND)
+    _bounded(lambda: endpoint.close("worker exiting"), 0.2)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

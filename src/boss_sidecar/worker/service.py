@@ -1,0 +1,442 @@
+"""What the worker serves to its host: one zenoh session, declarations, hosted objects.
+
+Every public method here is callable by the host through the Endpoint. zenoh objects never
+cross the channel (the host must not import zenoh): samples, replies and queries travel as plain
+tuples, zenoh errors as ``ZenohError`` carrying zenoh's text.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import zenoh
+
+from boss_sidecar.errors import ConfigError, SidecarError
+from boss_sidecar.rpc import Endpoint
+from boss_sidecar.samples import ObjectRef, QueryReply
+from boss_sidecar.worker.forward import Forwarder
+
+_log = structlog.get_logger("boss_sidecar.worker")
+
+_CONGESTION = {"drop": "DROP", "block": "BLOCK", "block_first": "BLOCK_FIRST"}
+_TARGETS = {"best_matching": "BEST_MATCHING", "all": "ALL", "all_complete": "ALL_COMPLETE"}
+
+
+class ZenohError(SidecarError):
+    """zenoh refused an operation (invalid key expression, closed session, ...); carries its text."""
+
+
+def _zenoh_enum(enum: Any, table: dict[str, str] | None, value: str, what: str) -> Any:
+    key = value.lower()
+    name = table.get(key) if table is not None else key.upper()
+    if name is None or not hasattr(enum, name):
+        choices = sorted(table) if table is not None else sorted(m.lower() for m in enum.__members__)
+        raise ValueError(f"{what} must be one of {choices}, got {value!r}")
+    return getattr(enum, name)
+
+
+def _qos(options: dict[str, Any] | None) -> dict[str, Any]:
+    """zenoh keyword arguments from the plain options the host sends."""
+    if not options:
+        return {}
+    kwargs: dict[str, Any] = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key == "congestion_control":
+            kwargs[key] = _zenoh_enum(zenoh.CongestionControl, _CONGESTION, value, key)
+        elif key == "priority":
+            kwargs[key] = _zenoh_enum(zenoh.Priority, None, value, key)
+        elif key == "target":
+            kwargs[key] = _zenoh_enum(zenoh.QueryTarget, _TARGETS, value, key)
+        elif key in ("encoding", "express", "attachment", "payload", "timeout"):
+            kwargs[key] = value
+        else:
+            raise ValueError(f"unknown option {key!r}")
+    return kwargs
+
+
+def _zenoh_call(what: str, function: Callable[[], Any]) -> Any:
+    """Run a zenoh operation, turning zenoh's errors into ones the host can unpickle."""
+    try:
+        return function()
+    except zenoh.ZError as exc:
+        raise ZenohError(f"{what}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise ZenohError(f"{what}: {exc}") from None
+
+
+def sample_tuple(sample: Any) -> tuple[str, bytes, str, str, str | None, bytes | None]:
+    attachment = sample.attachment
+    timestamp = sample.timestamp
+    return (
+        str(sample.key_expr),
+        sample.payload.to_bytes(),
+        "put" if sample.kind == zenoh.SampleKind.PUT else "delete",
+        str(sample.encoding),
+        None if timestamp is None else str(timestamp),
+        None if attachment is None else attachment.to_bytes(),
+    )
+
+
+def load_class(classname: str) -> type:
+    """Import ``pkg.mod:Class`` or ``pkg.mod.Class``; errors name what was missing."""
+    if ":" in classname:
+        module_name, _, qualname = classname.partition(":")
+    else:
+        module_name, _, qualname = classname.rpartition(".")
+    if not module_name or not qualname:
+        raise ConfigError(f"classname {classname!r} must look like 'package.module:Class' or 'package.module.Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot host {classname!r}: module {module_name!r} not importable: {exc}") from None
+    obj: Any = module
+    for part in qualname.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"cannot host {classname!r}: {module_name!r} has no {qualname!r}") from None
+    if not isinstance(obj, type):
+        raise ConfigError(f"cannot host {classname!r}: it is a {type(obj).__name__}, not a class")
+    return obj
+
+
+class RemoteObject:
+    """A host object, seen from the worker: attribute access becomes calls back to the host."""
+
+    def __init__(self, endpoint: Endpoint, ref: ObjectRef) -> None:
+        self._endpoint = endpoint
+        self._ref = ref
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._endpoint.request("call_exported", (self._ref.ref_id, name, args, kwargs))
+
+        return call
+
+    def __repr__(self) -> str:
+        return f"<RemoteObject {self._ref.type_name} #{self._ref.ref_id} in the host>"
+
+
+class WorkerService:
+    """The object the worker's Endpoint serves to the host."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._session: Any = None
+        self._endpoint: Endpoint | None = None
+        self._forwarder: Forwarder | None = None
+        self._declarations: dict[int, Any] = {}
+        self._objects: dict[int, Any] = {}
+        self._queries: dict[int, Any] = {}
+        self._query_ids = iter(range(1, sys.maxsize))
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # ----------------------------------------------------------------- plumbing (not exposed)
+    def _attach(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+        self._forwarder = Forwarder(endpoint.notify, self._convert)
+
+    def _push(self, kind: str, item: Any) -> None:
+        assert self._forwarder is not None
+        self._forwarder.push(kind, item)
+
+    def _convert(self, kind: str, item: Any) -> Any:
+        if kind in ("samples", "logs", "put_failed"):
+            return item if kind != "samples" else (item[0], sample_tuple(item[1]))
+        if kind == "queries":
+            decl_id, query = item
+            query_id = next(self._query_ids)
+            self._queries[query_id] = query
+            payload, encoding, attachment = query.payload, query.encoding, query.attachment
+            return (
+                decl_id,
+                query_id,
+                str(query.selector),
+                str(query.key_expr),
+                str(query.parameters),
+                None if payload is None else payload.to_bytes(),
+                None if encoding is None else str(encoding),
+                None if attachment is None else attachment.to_bytes(),
+            )
+        raise ValueError(f"unknown forward kind {kind!r}")
+
+    def _require_session(self) -> Any:
+        if self._session is None:
+            raise ZenohError("no zenoh session is open")
+        return self._session
+
+    def _resolve_refs(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
+        assert self._endpoint is not None
+        return tuple(RemoteObject(self._endpoint, v) if isinstance(v, ObjectRef) else v for v in values)
+
+    # ----------------------------------------------------------------- session
+    def open_session(self, source: str, value: str | None) -> dict[str, Any]:
+        """Open the zenoh session from ``source``: "json" text, "file" path, "env", or "default"."""
+        try:
+            if source == "json":
+                assert value is not None
+                config = zenoh.Config.from_json5(value)
+            elif source == "file":
+                assert value is not None
+                config = zenoh.Config.from_file(value)
+            elif source == "env":
+                config = zenoh.Config.from_json5(os.environ["HEROS_ZENOH_CONFIG"])
+            else:
+                config = zenoh.Config()
+        except (zenoh.ZError, ValueError, OSError) as exc:
+            origin = {"file": f"file {value}", "env": "HEROS_ZENOH_CONFIG"}.get(source, "configuration")
+            raise ConfigError(f"invalid zenoh {origin}: {exc}") from None
+        self._session = _zenoh_call("open zenoh session", lambda: zenoh.open(config))
+        _log.info("zenoh session open", zid=str(self._session.zid()))
+        return self.info()
+
+    def info(self) -> dict[str, Any]:
+        """zid of this session and of the peers and routers it is connected to."""
+        session = self._require_session()
+        info = session.info
+        return {
+            "zid": str(info.zid()),
+            "peers": [str(z) for z in info.peers_zid()],
+            "routers": [str(z) for z in info.routers_zid()],
+        }
+
+    def sync(self, timeout: float = 5.0) -> None:
+        """Return once everything sent to the host before this call has left (orders events)."""
+        assert self._forwarder is not None
+        self._forwarder.drain(timeout)
+
+    # ----------------------------------------------------------------- publishing and querying
+    def put_batch(self, items: list[tuple[str, bytes, dict[str, Any] | None]]) -> None:
+        """Run coalesced puts (an event, in order); failures go back to the host as events."""
+        session = self._require_session()
+        for key, payload, options in items:
+            try:
+                session.put(key, payload, **_qos(options))
+            except Exception as exc:
+                self._push("put_failed", f"put {key!r}: {exc}")
+
+    def delete(self, key_expr: str, options: dict[str, Any] | None = None) -> None:
+        session = self._require_session()
+        _zenoh_call(f"delete {key_expr!r}", lambda: session.delete(key_expr, **_qos(options)))
+
+    def get(self, selector: str, options: dict[str, Any]) -> list[tuple[bool, str | None, bytes, str]]:
+        """Query and collect every reply (errors included) until zenoh's timeout ends the query."""
+        session = self._require_session()
+        replies = _zenoh_call(f"get {selector!r}", lambda: session.get(selector, **_qos(options)))
+        collected: list[tuple[bool, str | None, bytes, str]] = []
+        for reply in replies:
+            ok = reply.ok
+            if ok is not None:
+                collected.append((True, str(ok.key_expr), ok.payload.to_bytes(), str(ok.encoding)))
+            else:
+                err = reply.err
+                collected.append((False, None, err.payload.to_bytes(), str(err.encoding)))
+        return collected
+
+    def liveliness_get(self, key_expr: str, timeout: float) -> list[str]:
+        """Key expressions of the liveliness tokens alive now."""
+        session = self._require_session()
+        replies = _zenoh_call(
+            f"liveliness get {key_expr!r}", lambda: session.liveliness().get(key_expr, timeout=timeout)
+        )
+        return [str(reply.ok.key_expr) for reply in replies if reply.ok is not None]
+
+    # ----------------------------------------------------------------- declarations
+    def declare_subscriber(self, decl_id: int, key_expr: str) -> None:
+        session = self._require_session()
+
+        def on_sample(sample: Any) -> None:
+            self._push("samples", (decl_id, sample))
+
+        self._declare(decl_id, f"subscribe {key_expr!r}", lambda: session.declare_subscriber(key_expr, on_sample))
+
+    def declare_queryable(self, decl_id: int, key_expr: str, complete: bool = False) -> None:
+        session = self._require_session()
+
+        def on_query(query: Any) -> None:
+            self._push("queries", (decl_id, query))
+
+        self._declare(
+            decl_id,
+            f"queryable {key_expr!r}",
+            lambda: session.declare_queryable(key_expr, on_query, complete=complete),
+        )
+
+    def declare_token(self, decl_id: int, key_expr: str) -> None:
+        session = self._require_session()
+        self._declare(decl_id, f"liveliness token {key_expr!r}", lambda: session.liveliness().declare_token(key_expr))
+
+    def declare_liveliness_subscriber(self, decl_id: int, key_expr: str, history: bool = False) -> None:
+        session = self._require_session()
+
+        def on_sample(sample: Any) -> None:
+            self._push("samples", (decl_id, sample))
+
+        self._declare(
+            decl_id,
+            f"liveliness subscriber {key_expr!r}",
+            lambda: session.liveliness().declare_subscriber(key_expr, on_sample, history=history),
+        )
+
+    def _declare(self, decl_id: int, what: str, declare: Callable[[], Any]) -> None:
+        entity = _zenoh_call(what, declare)
+        with self._lock:
+            previous = self._declarations.pop(decl_id, None)
+            self._declarations[decl_id] = entity
+        if previous is not None:
+            _zenoh_call(f"undeclare {decl_id}", previous.undeclare)
+
+    def undeclare(self, decl_id: int) -> bool:
+        """Undeclare one declaration (never from a zenoh callback: that deadlocks since 1.8)."""
+        with self._lock:
+            entity = self._declarations.pop(decl_id, None)
+        if entity is None:
+            return False
+        _zenoh_call(f"undeclare {decl_id}", entity.undeclare)
+        return True
+
+    def reply(self, query_id: int, replies: list[QueryReply], error: bytes | None = None) -> None:
+        """Answer a forwarded query (an event from the host), then finalise it."""
+        query = self._queries.pop(query_id, None)
+        if query is None:
+            _log.warning("reply for an unknown or expired query", query_id=query_id)
+            return
+        try:
+            if error is not None:
+                query.reply_err(error)
+            for item in replies:
+                query.reply(item.key_expr, item.payload, encoding=item.encoding)
+        except Exception as exc:
+            _log.error("query reply failed", query_id=query_id, error=str(exc))
+        finally:
+            query.drop()
+
+    # ----------------------------------------------------------------- hosted objects
+    def host_object(
+        self,
+        obj_id: int,
+        classname: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        default_name: str | None = None,
+    ) -> dict[str, Any]:
+        """Instantiate ``classname`` here and keep it under ``obj_id``; returns its public shape.
+
+        ``default_name`` (BOSS's ``_id``) is passed as ``name`` when the class takes one.
+        """
+        cls = load_class(classname)
+        if default_name is not None and "name" not in kwargs and _takes_name(cls):
+            kwargs = {**kwargs, "name": default_name}
+        self._share_session_with_heros()
+        keywords = dict(zip(kwargs, self._resolve_refs(tuple(kwargs.values())), strict=True))
+        instance = cls(*self._resolve_refs(args), **keywords)
+        with self._lock:
+            self._objects[obj_id] = instance
+        methods = sorted(
+            name for name in dir(type(instance)) if not name.startswith("_") and callable(getattr(instance, name, None))
+        )
+        return {"class": f"{cls.__module__}.{cls.__qualname__}", "methods": methods}
+
+    def _hosted(self, obj_id: int, name: str) -> Any:
+        if not name.isidentifier() or name.startswith("_"):
+            raise AttributeError(f"{name!r} is not exposed (only public names of hosted objects are)")
+        try:
+            return self._objects[obj_id]
+        except KeyError:
+            raise LookupError(f"no hosted object #{obj_id}") from None
+
+    def call_object(self, obj_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        function = getattr(self._hosted(obj_id, method), method)
+        if not callable(function):
+            raise TypeError(f"{method!r} is not callable")
+        return function(*self._resolve_refs(args), **kwargs)
+
+    def get_object_attribute(self, obj_id: int, name: str) -> Any:
+        return getattr(self._hosted(obj_id, name), name)
+
+    def set_object_attribute(self, obj_id: int, name: str, value: Any) -> None:
+        setattr(self._hosted(obj_id, name), name, value)
+
+    def drop_object(self, obj_id: int) -> bool:
+        with self._lock:
+            instance = self._objects.pop(obj_id, None)
+        if instance is None:
+            return False
+        _teardown(instance)
+        return True
+
+    def _share_session_with_heros(self) -> None:
+        """Let HEROS objects hosted here use our session instead of opening a second one."""
+        heros_zenoh = sys.modules.get("heros.zenoh")
+        if heros_zenoh is None or self._session is None:
+            return
+        manager = heros_zenoh.session_manager
+        if "heros" not in manager._sessions:
+            manager._sessions["heros"] = self._session
+            # A permanent referrer keeps HEROS from closing our session when its last HERO goes.
+            manager._referrers.append(self)
+            manager._referrer_realms.append("heros")
+
+    # ----------------------------------------------------------------- shutdown
+    def stop(self, reason: str) -> None:
+        """Undeclare everything, close the session; the host's stop request runs this."""
+        _log.info("stopping", reason=reason)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Release objects, declarations and the session; each step logged, none fatal."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            objects, self._objects = self._objects, {}
+            declarations, self._declarations = self._declarations, {}
+        for instance in objects.values():
+            _teardown(instance)
+        for query in self._queries.values():
+            query.drop()
+        self._queries.clear()
+        for entity in declarations.values():
+            try:
+                entity.undeclare()
+            except Exception as exc:
+                _log.warning("undeclare failed", error=str(exc))
+        if self._session is not None:
+            try:
+                self._session.close()
+            except Exception as exc:
+                _log.warning("session close failed", error=str(exc))
+        if self._forwarder is not None:
+            self._forwarder.close()
+
+
+def _takes_name(cls: type) -> bool:
+    try:
+        parameters = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+    return "name" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def _teardown(instance: Any) -> None:
+    """Release a hosted object the way BOSS does: its ``_teardown``, then a HERO's ``_destroy_hero``."""
+    for hook in ("_teardown", "_destroy_hero"):
+        method = getattr(instance, hook, None)
+        if callable(method):
+            try:
+                method()
+            except Exception as exc:
+                _log.warning("hosted object teardown failed", hook=hook, error=str(exc))
