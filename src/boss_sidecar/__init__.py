@@ -1,9 +1,11 @@
 """boss-sidecar: keep zenoh out of your process.
 
 A supervised worker process owns the zenoh session; your code holds a proxy and talks to it
-over a pipe, wire-compatible with BOSS's ``boss.multiprocess``.
+over a pipe, wire-compatible with BOSS's ``boss.multiprocess``. Importing this package never
+imports zenoh.
 """
 
+from boss_sidecar.async_sidecar import AsyncHostedObject, AsyncSidecar, AsyncSubscription
 from boss_sidecar.errors import (
     CallTimeout,
     ConfigError,
@@ -15,18 +17,40 @@ from boss_sidecar.errors import (
     SidecarError,
     SidecarUnavailable,
 )
+from boss_sidecar.health import Health
+from boss_sidecar.policy import SidecarPolicy
+from boss_sidecar.samples import ObjectRef, Query, QueryReply, Reply, Sample
+from boss_sidecar.sidecar import HostedObject, LivelinessToken, Queryable, Sidecar, Subscription
+from boss_sidecar.states import SidecarState, StateChange
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncHostedObject",
+    "AsyncSidecar",
+    "AsyncSubscription",
     "CallTimeout",
     "ConfigError",
     "EncodeError",
+    "Health",
+    "HostedObject",
+    "LivelinessToken",
     "MessageTooLarge",
+    "ObjectRef",
     "ProtocolError",
+    "Query",
+    "QueryReply",
+    "Queryable",
     "RemoteError",
+    "Reply",
+    "Sample",
+    "Sidecar",
     "SidecarCrashed",
     "SidecarError",
+    "SidecarPolicy",
+    "SidecarState",
     "SidecarUnavailable",
+    "StateChange",
+    "Subscription",
     "__version__",
 ]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import structlog
 
@@ -70,6 +70,15 @@ def _options(**options: Any) -> dict[str, Any] | None:
     if isinstance(given.get("attachment"), str):
         given["attachment"] = given["attachment"].encode()
     return given or None
+
+
+class _Request(NamedTuple):
+    """One remote operation, built once and run by the sync or the async proxy."""
+
+    method: str
+    args: tuple[Any, ...]
+    timeout: float | None
+    convert: Callable[[Any], Any] | None = None
 
 
 @dataclass(eq=False)
@@ -227,7 +236,7 @@ class Sidecar:
         self.policy = SidecarPolicy.from_options(policy)
         self._zenoh_source = zenoh_config_source(zenoh)
         self._ledger: dict[int, Declaration] = {}
-        self._hosted: dict[int, tuple[str, tuple[Any, ...], dict[str, Any], str | None]] = {}
+        self._hosted: dict[int, HostingSpec] = {}
         self._exported: dict[int, object] = {}
         self._put_errors: list[str] = []
         self._puts: list[tuple[str, bytes, dict[str, Any] | None]] = []
@@ -313,7 +322,7 @@ class Sidecar:
 
     def info(self, timeout: float | None = None) -> dict[str, Any]:
         """zid of the worker's session and the zids of its peers and routers."""
-        result: dict[str, Any] = self._call("info", (), timeout)
+        result: dict[str, Any] = self._run(_Request("info", (), timeout))
         return result
 
     def _prepare(self, endpoint: Endpoint) -> None:
@@ -324,6 +333,10 @@ class Sidecar:
             declaration.declare(endpoint, timeout)
         for obj_id, spec in list(self._hosted.items()):
             endpoint.request("host_object", (obj_id, *spec), timeout=timeout)
+
+    def _run(self, request: _Request) -> Any:
+        result = self._call(request.method, request.args, request.timeout)
+        return result if request.convert is None else request.convert(result)
 
     def _call(self, method: str, args: tuple[Any, ...] = (), timeout: float | None = None) -> Any:
         self._raise_put_errors()
@@ -431,8 +444,18 @@ class Sidecar:
     ) -> None:
         """Publish a deletion of ``key_expr`` (after every earlier put)."""
         self.flush(timeout)
+        self._run(self._delete_request(key_expr, congestion_control, priority, express, timeout))
+
+    def _delete_request(
+        self,
+        key_expr: str,
+        congestion_control: str | None,
+        priority: str | None,
+        express: bool | None,
+        timeout: float | None,
+    ) -> _Request:
         options = _options(congestion_control=congestion_control, priority=priority, express=express)
-        self._call("delete", (_check_key(key_expr, "delete"), options), timeout)
+        return _Request("delete", (_check_key(key_expr, "delete"), options), timeout)
 
     def get(
         self,
@@ -448,6 +471,23 @@ class Sidecar:
 
         target: "best_matching" (zenoh's default) | "all" | "all_complete".
         """
+        replies: list[Reply] = self._run(
+            self._get_request(
+                selector, payload, timeout=timeout, target=target, encoding=encoding, attachment=attachment
+            )
+        )
+        return replies
+
+    def _get_request(
+        self,
+        selector: str,
+        payload: bytes | str | None,
+        *,
+        timeout: float,
+        target: str | None,
+        encoding: str | None,
+        attachment: bytes | str | None,
+    ) -> _Request:
         if not isinstance(selector, str) or not selector:
             raise ValueError(f"get: selector must be a non-empty str, got {selector!r}")
         options = _options(
@@ -457,8 +497,12 @@ class Sidecar:
             encoding=encoding,
             attachment=attachment,
         )
-        replies = self._call("get", (selector, options or {}), timeout + self.policy.call_timeout)
-        return [Reply(*reply) for reply in replies]
+        return _Request(
+            "get",
+            (selector, options or {}),
+            timeout + self.policy.call_timeout,
+            lambda replies: [Reply(*reply) for reply in replies],
+        )
 
     # ----------------------------------------------------------------- declarations
     def subscribe(self, key_expr: str, callback: Callable[[Sample], Any] | None = None) -> Subscription:
@@ -495,10 +539,12 @@ class Sidecar:
 
     def liveliness_get(self, key_expr: str, timeout: float = 10.0) -> list[str]:
         """Key expressions of the liveliness tokens alive now."""
-        result: list[str] = self._call(
-            "liveliness_get", (_check_key(key_expr, "liveliness_get"), timeout), timeout + self.policy.call_timeout
-        )
+        result: list[str] = self._run(self._liveliness_get_request(key_expr, timeout))
         return result
+
+    def _liveliness_get_request(self, key_expr: str, timeout: float) -> _Request:
+        key = _check_key(key_expr, "liveliness_get")
+        return _Request("liveliness_get", (key, timeout), timeout + self.policy.call_timeout)
 
     def _delivery(self, callback: Callable[[Sample], Any] | None, key_expr: str) -> Delivery[Sample]:
         if callback is None:
@@ -529,16 +575,28 @@ class Sidecar:
         self._ledger.pop(declaration.decl_id, None)
 
     def _answer(self, queryable: Queryable, query_id: int, query: Query, handler: Callable[[Query], Any]) -> None:
+        try:
+            result = handler(query)
+        except Exception as exc:
+            self._send_answer(queryable, query_id, query, None, exc)
+        else:
+            self._send_answer(queryable, query_id, query, result, None)
+
+    def _send_answer(
+        self, queryable: Queryable, query_id: int, query: Query, result: Any, raised: Exception | None
+    ) -> None:
+        """Turn a handler's result (or exception) into zenoh replies, sent to the worker one-way."""
         replies: list[QueryReply] = []
         error: bytes | None = None
         try:
-            result = handler(query)
+            if raised is not None:
+                raise raised
             items = result if isinstance(result, list | tuple) else [] if result is None else [result]
             for item in items:
                 replies.append(item if isinstance(item, QueryReply) else self._reply_to(queryable, query, item))
         except Exception as exc:
             self._log.warning("queryable handler raised", key_expr=queryable.key_expr, error=repr(exc))
-            error = f"{type(exc).__name__}: {exc}".encode()
+            replies, error = [], f"{type(exc).__name__}: {exc}".encode()
         with contextlib.suppress(SidecarError):
             self._supervisor.endpoint(self.policy.call_timeout).notify("reply", query_id, replies, error)
 
@@ -557,14 +615,7 @@ class Sidecar:
         ``{"_id": name, "classname": ..., "arguments": {...}}`` (``_id`` is passed as ``name``
         when the class takes one and the arguments do not). Replayed after each restart.
         """
-        default_name = None
-        if isinstance(classname, dict):
-            default_name = classname.get("_id")
-            classname, kwargs = _from_boss_document(classname, kwargs)
-        if not isinstance(classname, str) or not classname:
-            raise ConfigError(f"classname must be a non-empty str, got {classname!r}")
-        obj_id = next(_ids)
-        spec = (classname, args, kwargs, default_name)
+        obj_id, spec = _hosting_spec(classname, args, kwargs)
         shape = self._call("host_object", (obj_id, *spec))
         self._hosted[obj_id] = spec
         return HostedObject(self, obj_id, shape)
@@ -583,6 +634,22 @@ class Sidecar:
             event = record.pop("event", "")
             emit = getattr(log, {"warn": "warning", "exception": "error"}.get(level, level), log.info)
             emit(event, **record)
+
+
+HostingSpec = tuple[str, tuple[Any, ...], dict[str, Any], "str | None"]
+
+
+def _hosting_spec(
+    classname: str | dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[int, HostingSpec]:
+    """A fresh object id and what the worker needs to build (and rebuild) the object."""
+    default_name = None
+    if isinstance(classname, dict):
+        default_name = classname.get("_id")
+        classname, kwargs = _from_boss_document(classname, kwargs)
+    if not isinstance(classname, str) or not classname:
+        raise ConfigError(f"classname must be a non-empty str, got {classname!r}")
+    return next(_ids), (classname, args, kwargs, default_name)
 
 
 def _from_boss_document(document: dict[str, Any], kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
