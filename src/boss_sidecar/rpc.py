@@ -299,17 +299,17 @@ class Endpoint:
         message = Call(
             id=new_id(), method=method, args=tuple(args), kwargs=kwargs or {}, timeout=self._timeout(timeout)
         )
-        return self._wait(message.id, self._begin(message, f"call {method!r}"), timeout)
+        return self._wait(message.id, self._begin(message, f"call {method!r}", timeout), timeout)
 
     def get_attribute(self, name: str, timeout: float | None = None) -> Any:
         """Read attribute ``name`` of the peer's object."""
         message = GetAttribute(id=new_id(), name=name)
-        return self._wait(message.id, self._begin(message, f"get {name!r}"), timeout)
+        return self._wait(message.id, self._begin(message, f"get {name!r}", timeout), timeout)
 
     def set_attribute(self, name: str, value: Any, timeout: float | None = None) -> None:
         """Write attribute ``name`` of the peer's object and wait for its acknowledgement."""
         message = SetAttribute(id=new_id(), name=name, value=value, ack=True)
-        self._wait(message.id, self._begin(message, f"set {name!r}"), timeout)
+        self._wait(message.id, self._begin(message, f"set {name!r}", timeout), timeout)
 
     async def acall(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Awaitable ``call``."""
@@ -327,17 +327,17 @@ class Endpoint:
         message = Call(
             id=new_id(), method=method, args=tuple(args), kwargs=kwargs or {}, timeout=self._timeout(timeout)
         )
-        return await self._await(message.id, self._begin(message, f"call {method!r}"), timeout)
+        return await self._await(message.id, self._begin(message, f"call {method!r}", timeout), timeout)
 
     async def aget_attribute(self, name: str, timeout: float | None = None) -> Any:
         """Awaitable ``get_attribute``."""
         message = GetAttribute(id=new_id(), name=name)
-        return await self._await(message.id, self._begin(message, f"get {name!r}"), timeout)
+        return await self._await(message.id, self._begin(message, f"get {name!r}", timeout), timeout)
 
     async def aset_attribute(self, name: str, value: Any, timeout: float | None = None) -> None:
         """Awaitable ``set_attribute``."""
         message = SetAttribute(id=new_id(), name=name, value=value, ack=True)
-        await self._await(message.id, self._begin(message, f"set {name!r}"), timeout)
+        await self._await(message.id, self._begin(message, f"set {name!r}", timeout), timeout)
 
     def notify(self, method: str, *args: Any, **kwargs: Any) -> None:
         """One-way call: the peer runs ``method`` in arrival order; no reply, errors logged there."""
@@ -350,26 +350,26 @@ class Endpoint:
     def ping(self, timeout: float | None = None) -> float:
         """Heartbeat: the round trip in seconds, answered by the peer's reader thread."""
         message = Ping(id=new_id(), sent=time.monotonic())
-        return float(self._wait(message.id, self._begin(message, "ping"), timeout))
+        return float(self._wait(message.id, self._begin(message, "ping", timeout), timeout))
 
     def request_stop(self, reason: str = "stop requested", timeout: float | None = None) -> None:
         """Ask the peer to release what it holds and exit; returns when it acknowledged."""
         message = Stop(id=new_id(), reason=reason)
-        self._wait(message.id, self._begin(message, "stop"), timeout)
+        self._wait(message.id, self._begin(message, "stop", timeout), timeout)
 
     # ----------------------------------------------------------------- the shared core
     def _timeout(self, timeout: float | None) -> float | None:
         value = self._default_timeout if timeout is None else timeout
         return None if math.isinf(value) else value
 
-    def _begin(self, message: Message, what: str) -> _Pending:
+    def _begin(self, message: Message, what: str, timeout: float | None = None) -> _Pending:
         data = self._encode(message, what)
         future = _Pending(what)
         with self._lock:
             self._raise_if_closed()
             self._pending[message.id] = future
         try:
-            self._send_bytes(data)
+            self._send_bytes(data, self._timeout(timeout))
         except BaseException:
             self._pending.pop(message.id, None)
             raise
@@ -414,10 +414,11 @@ class Endpoint:
     def _send(self, message: Message) -> None:
         self._send_bytes(self._encode(message, str(message.TYPE)))
 
-    def _send_bytes(self, data: bytes) -> None:
+    def _send_bytes(self, data: bytes, timeout: float | None = None) -> None:
         self._raise_if_closed()
-        if not self._send_lock.acquire(timeout=self._send_timeout):
-            raise CallTimeout(f"{self.name}: channel busy: no send slot within {self._send_timeout:g}s")
+        wait = self._send_timeout if timeout is None else min(timeout, self._send_timeout)
+        if not self._send_lock.acquire(timeout=wait):
+            raise CallTimeout(f"{self.name}: channel busy: no send slot within {wait:g}s")
         try:
             self._connection.send_bytes(data)
         except (OSError, ValueError) as exc:

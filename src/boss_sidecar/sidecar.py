@@ -275,7 +275,11 @@ class Sidecar:
         with self._put_cond:
             self._put_cond.notify_all()
         self._supervisor.stop(seconds * 0.75 if self._supervisor.state == SidecarState.RUNNING else seconds)
-        for declaration in list(self._ledger.values()):
+        # Every declaration ends with the sidecar (iterators finish); restart() keeps them instead.
+        ledger, self._ledger = self._ledger, {}
+        self._hosted.clear()
+        for declaration in ledger.values():
+            declaration.closed = True
             if declaration.delivery is not None:
                 declaration.delivery.close()
 

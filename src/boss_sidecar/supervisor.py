@@ -289,6 +289,8 @@ class Supervisor:
         """Restart per policy; False when supervision ends (stopped, failed or clean exit)."""
         reason = incarnation.kill_reason or f"worker {self._last_exit}"
         clean = incarnation.kill_reason is None and incarnation.process.returncode == 0
+        if self._backend.now() - incarnation.started > self.policy.restart_window:
+            self._consecutive_failures = 0  # it ran stably: the next restart is immediate again
         incarnation.log.warning("worker ended", reason=reason)
         with self._cond:
             if self._stopping:
@@ -325,7 +327,6 @@ class Supervisor:
                 reason = f"restart failed: {exc}"
                 continue
             self._restarts += 1
-            self._consecutive_failures = 0 if self.policy.backoff_initial == 0 else self._consecutive_failures
             self._run_restart_hooks(reason)
             return True
 

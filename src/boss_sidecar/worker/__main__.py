@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         done.set()
 
     signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the host, which stops us in order
     _watch_parent(args.parent_pid, done)
 
     def stop_watch() -> None:
