@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,11 +43,22 @@ class ProcessReading:
     open_fds: int | None
 
 
+MIN_CPU_INTERVAL = 0.5
+"""Seconds a CPU measurement spans at least; a reading sooner repeats the last one."""
+
+
 class ProcessProbe:
-    """psutil readings of one worker process; CPU percent is measured between two readings."""
+    """psutil readings of one worker process; CPU percent is measured between two readings.
+
+    Health requests and the limit checks share one probe: without ``MIN_CPU_INTERVAL`` a burst
+    of health requests would shrink the measured span to nothing and hide sustained CPU use.
+    """
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
+        self._lock = threading.Lock()
+        self._cpu: float | None = None
+        self._cpu_at = time.monotonic()
         try:
             self._process: psutil.Process | None = psutil.Process(pid)
             self._process.cpu_percent(None)
@@ -57,10 +70,13 @@ class ProcessProbe:
         if process is None:
             return ProcessReading(None, None, None, None)
         try:
-            with process.oneshot():
+            with self._lock, process.oneshot():
+                now = time.monotonic()
+                if self._cpu is None or now - self._cpu_at >= MIN_CPU_INTERVAL:
+                    self._cpu, self._cpu_at = process.cpu_percent(None), now
                 return ProcessReading(
                     rss_bytes=process.memory_info().rss,
-                    cpu_percent=process.cpu_percent(None),
+                    cpu_percent=self._cpu,
                     threads=process.num_threads(),
                     open_fds=process.num_fds(),
                 )

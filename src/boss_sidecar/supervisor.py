@@ -81,6 +81,7 @@ class Incarnation:
     cpu_over_since: float | None = None
     heartbeat_rtt: float | None = None
     heartbeat_at: float | None = None
+    ready_at: float | None = None
     log: Any = field(default=None)
 
 
@@ -169,15 +170,20 @@ class Supervisor:
         try:
             self._launch()
         except BaseException as exc:
-            self._machine.change(S.FAILED, f"start failed: {exc}")
+            with self._cond:
+                if not self._stopping:  # a stop() during start already moved on to STOPPING
+                    self._machine.change(S.FAILED, f"start failed: {exc}")
             raise
         self._monitor = threading.Thread(target=self._monitor_loop, name=f"{self.name}-monitor", daemon=True)
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True)
         self._monitor.start()
         self._heartbeat.start()
 
-    def _launch(self) -> None:
-        """Spawn a worker, wait for its hello, let ``prepare`` set it up, then RUNNING."""
+    def _launch(self, after: str | None = None) -> None:
+        """Spawn a worker, wait for its hello, let ``prepare`` set it up, then RUNNING.
+
+        ``after`` is why the previous worker was replaced; RUNNING's reason keeps it for health().
+        """
         parent_end, child_end = multiprocessing.Pipe(duplex=True)
         self._incarnations += 1
         number = self._incarnations
@@ -222,7 +228,9 @@ class Supervisor:
         with self._cond:
             if self._stopping:
                 raise SidecarUnavailable(f"{self.name} was stopped while starting")
-            self._machine.change(S.RUNNING, f"worker {process.pid} ready (incarnation {number})")
+            incarnation.ready_at = time.monotonic()
+            ready = f"worker {process.pid} ready (incarnation {number})"
+            self._machine.change(S.RUNNING, ready if after is None else f"{ready}, restarted after: {after}")
         log.info("worker ready", seconds=round(self._backend.now() - started, 3))
 
     def _make_endpoint(self, connection: Connection, number: int) -> Endpoint:
@@ -283,6 +291,8 @@ class Supervisor:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 incarnation.process.wait(timeout=1.0)
         self._last_exit = describe_exit(incarnation.process.returncode)
+        if incarnation.kill_reason is not None:
+            self._last_exit += f" ({incarnation.kill_reason})"
         incarnation.exit_expected = True
 
     def _recover(self, incarnation: Incarnation) -> bool:
@@ -322,7 +332,7 @@ class Supervisor:
                 self._restart_times.append(self._backend.now())
                 self._machine.change(S.STARTING, f"restart after: {reason}")
             try:
-                self._launch()
+                self._launch(after=reason)
             except Exception as exc:
                 reason = f"restart failed: {exc}"
                 continue
@@ -434,7 +444,7 @@ class Supervisor:
             self._machine.change(S.STARTING, reason)
         self._terminate(current, time.monotonic() + seconds)
         try:
-            self._launch()
+            self._launch(after=reason)
         except BaseException as exc:
             self._machine.change(S.FAILED, f"restart failed: {exc}")
             raise
@@ -488,12 +498,12 @@ class Supervisor:
         heartbeat_age = None
         if current is not None and current.heartbeat_at is not None:
             heartbeat_age = now - current.heartbeat_at
-        fresh = heartbeat_age is None or heartbeat_age <= self.policy.heartbeat_interval + self.policy.heartbeat_timeout
+        overdue = self._heartbeat_overdue(current, now) if state == S.RUNNING and alive else None
         return Health(
             name=self.name,
             state=str(state),
-            healthy=state == S.RUNNING and alive and fresh,
-            reason=self.reason,
+            healthy=state == S.RUNNING and alive and overdue is None,
+            reason=self.reason if overdue is None else overdue,
             pid=current.process.pid if current is not None and alive else None,
             incarnation=self._incarnations,
             uptime=now - current.started if current is not None and alive else None,
@@ -506,6 +516,23 @@ class Supervisor:
             heartbeat_rtt=current.heartbeat_rtt if current is not None else None,
             heartbeat_age=heartbeat_age,
         )
+
+    def _heartbeat_overdue(self, current: Incarnation | None, now: float) -> str | None:
+        """Why a running worker counts as unhealthy before the heartbeat timeout kills it, if it does.
+
+        A beat is due every ``heartbeat_interval``; one missed (silence beyond a second interval,
+        or the timeout if shorter) is reported at once, not only when the kill comes.
+        """
+        if current is None:
+            return None
+        last = current.heartbeat_at if current.heartbeat_at is not None else current.ready_at
+        if last is None:
+            return None
+        policy = self.policy
+        silent = now - last
+        if silent <= policy.heartbeat_interval + min(policy.heartbeat_interval, policy.heartbeat_timeout):
+            return None
+        return f"heartbeat overdue: no answer for {silent:.1f}s (killed after {policy.heartbeat_timeout:g}s)"
 
 
 __all__ = ["Incarnation", "ProcessBackend", "SidecarCrashed", "Supervisor"]

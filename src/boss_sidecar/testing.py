@@ -7,9 +7,28 @@ Every configuration here turns multicast and gossip scouting off and uses explic
 from __future__ import annotations
 
 import socket
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 _NO_SCOUTING: dict[str, Any] = {"multicast": {"enabled": False}, "gossip": {"enabled": False}}
+
+
+def wait_until(predicate: Callable[[], _T], timeout: float = 30.0, what: str = "condition") -> _T:
+    """Poll ``predicate`` until it returns something truthy (returned); AssertionError after ``timeout``.
+
+    For tests that wait for a state instead of sleeping a guessed time.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout:g}s (last value: {value!r})")
+        time.sleep(0.02)
 
 
 def free_port() -> int:
