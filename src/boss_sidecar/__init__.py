@@ -16,6 +16,7 @@ from boss_sidecar.errors import (
     SidecarCrashed,
     SidecarError,
     SidecarUnavailable,
+    ZenohError,
 )
 from boss_sidecar.health import Health
 from boss_sidecar.policy import SidecarPolicy
@@ -52,5 +53,6 @@ __all__ = [
     "SidecarUnavailable",
     "StateChange",
     "Subscription",
+    "ZenohError",
     "__version__",
 ]

@@ -35,6 +35,13 @@ class ConfigError(SidecarError, ValueError):
     """A configuration value is invalid; the text names the file, table and field where known."""
 
 
+class ZenohError(SidecarError):
+    """zenoh refused an operation (invalid key expression, closed session, ...); carries its text.
+
+    Defined here, not in the worker, so that unpickling one in the host never imports zenoh.
+    """
+
+
 class RemoteError(SidecarError):
     """An exception raised by the peer that could not travel as itself.
 

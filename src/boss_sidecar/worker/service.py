@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 import zenoh
 
-from boss_sidecar.errors import ConfigError, SidecarError
+from boss_sidecar.errors import ConfigError, ZenohError
 from boss_sidecar.rpc import Endpoint
 from boss_sidecar.samples import ObjectRef, QueryReply
 from boss_sidecar.worker.forward import Forwarder
@@ -27,10 +27,6 @@ _log = structlog.get_logger("boss_sidecar.worker")
 
 _CONGESTION = {"drop": "DROP", "block": "BLOCK", "block_first": "BLOCK_FIRST"}
 _TARGETS = {"best_matching": "BEST_MATCHING", "all": "ALL", "all_complete": "ALL_COMPLETE"}
-
-
-class ZenohError(SidecarError):
-    """zenoh refused an operation (invalid key expression, closed session, ...); carries its text."""
 
 
 def _zenoh_enum(enum: Any, table: dict[str, str] | None, value: str, what: str) -> Any:
