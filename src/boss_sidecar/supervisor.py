@@ -38,7 +38,11 @@ class ProcessBackend:
     """The side effects of supervision (spawning, signalling, the clock); tests may replace it."""
 
     def spawn(self, command: list[str], channel_fd: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(command, pass_fds=[channel_fd], env=env, stdin=subprocess.DEVNULL, close_fds=True)
+        # Its own process group: if the host dies while the worker is stopped (SIGSTOP, a debugger),
+        # the orphaned group gets SIGHUP and SIGCONT from the kernel, so the worker cannot linger.
+        return subprocess.Popen(
+            command, pass_fds=[channel_fd], env=env, stdin=subprocess.DEVNULL, close_fds=True, process_group=0
+        )
 
     def kill(self, process: subprocess.Popen[bytes], signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
