@@ -58,8 +58,9 @@ class SidecarPolicy:
                 raise ConfigError(f"{spec.name} must be a number, got {value!r}")
             if value < 0 or (value == 0 and spec.name not in ("backoff_initial", "backoff_jitter", "max_restarts")):
                 raise ConfigError(f"{spec.name} must be positive, got {value!r}")
-        if not isinstance(self.max_restarts, int) or not isinstance(self.put_buffer, int):
-            raise ConfigError("max_restarts and put_buffer must be whole numbers")
+        for name in ("max_restarts", "put_buffer"):
+            if not isinstance(getattr(self, name), int):
+                raise ConfigError(f"{name} must be a whole number, got {getattr(self, name)!r}")
         if self.backoff_jitter >= 1:
             raise ConfigError(f"backoff_jitter must be below 1, got {self.backoff_jitter!r}")
 
