@@ -27,14 +27,17 @@ _log = structlog.get_logger("boss_sidecar.worker")
 
 _CONGESTION = {"drop": "DROP", "block": "BLOCK", "block_first": "BLOCK_FIRST"}
 _TARGETS = {"best_matching": "BEST_MATCHING", "all": "ALL", "all_complete": "ALL_COMPLETE"}
+_PRIORITIES = {
+    name.lower(): name
+    for name in ("REAL_TIME", "INTERACTIVE_HIGH", "INTERACTIVE_LOW", "DATA_HIGH", "DATA", "DATA_LOW", "BACKGROUND")
+}
 
 
-def _zenoh_enum(enum: Any, table: dict[str, str] | None, value: str, what: str) -> Any:
-    key = value.lower()
-    name = table.get(key) if table is not None else key.upper()
+def _zenoh_enum(enum: Any, table: dict[str, str], value: object, what: str) -> Any:
+    # zenoh's enums are PyO3 classes without __members__: the table names the choices.
+    name = table.get(value.lower()) if isinstance(value, str) else None
     if name is None or not hasattr(enum, name):
-        choices = sorted(table) if table is not None else sorted(m.lower() for m in enum.__members__)
-        raise ValueError(f"{what} must be one of {choices}, got {value!r}")
+        raise ValueError(f"{what} must be one of {sorted(table)}, got {value!r}")
     return getattr(enum, name)
 
 
@@ -49,7 +52,7 @@ def _qos(options: dict[str, Any] | None) -> dict[str, Any]:
         if key == "congestion_control":
             kwargs[key] = _zenoh_enum(zenoh.CongestionControl, _CONGESTION, value, key)
         elif key == "priority":
-            kwargs[key] = _zenoh_enum(zenoh.Priority, None, value, key)
+            kwargs[key] = _zenoh_enum(zenoh.Priority, _PRIORITIES, value, key)
         elif key == "target":
             kwargs[key] = _zenoh_enum(zenoh.QueryTarget, _TARGETS, value, key)
         elif key in ("encoding", "express", "attachment", "payload", "timeout"):
