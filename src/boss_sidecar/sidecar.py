@@ -396,10 +396,13 @@ class Sidecar:
             if not self._put_cond.wait_for(lambda: not self._puts and not self._flushing, timeout=seconds):
                 raise CallTimeout(f"{self.name}: puts not sent within {seconds:g}s")
         self._call("sync", (), seconds)
+        self._raise_put_errors()  # the worker reported them before it answered the sync
 
     def _raise_put_errors(self) -> None:
         if self._put_errors:
-            errors, self._put_errors = self._put_errors, []
+            # Copy, then delete that many: the reader thread may append meanwhile; nothing is lost.
+            errors = self._put_errors[:]
+            del self._put_errors[: len(errors)]
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise SidecarError(f"{self.name}: {errors[0]}{more}")
 
