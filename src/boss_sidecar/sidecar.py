@@ -680,6 +680,7 @@ def _stop_all_at_exit() -> None:
 
 def _after_fork_in_child() -> None:
     for sidecar in list(_live):
+        sidecar._closing = True  # no flusher thread here: a put must fail, not pile up
         sidecar._supervisor.forget_after_fork()
 
 

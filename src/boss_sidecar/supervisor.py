@@ -255,6 +255,8 @@ class Supervisor:
         """The running worker's endpoint; waits through a restart, within ``timeout``."""
         seconds = self.policy.call_timeout if timeout is None else timeout
         deadline = time.monotonic() + seconds
+        if not self.owned_by_this_process:  # a forked child: the worker is its parent's
+            raise SidecarUnavailable(f"{self.name} belongs to process {self._owner_pid}; make a new Sidecar here")
         with self._cond:
             while True:
                 current = self._current
