@@ -1,0 +1,52 @@
+"""Classes the sidecar tests host in a worker (importable there because the worker gets our sys.path)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Any
+
+_BOUND = 60.0  # a blocked method gives up after this, should nobody kill its worker
+
+
+class Counter:
+    """A small stateful object: a method, a plain attribute, a class attribute and the name BOSS passes."""
+
+    label = "counter"
+
+    def __init__(self, start: int = 0, name: str = "anonymous") -> None:
+        self.value = start
+        self.name = name
+
+    def increment(self, by: int = 1) -> int:
+        self.value += by
+        return self.value
+
+    def worker_pid(self) -> int:
+        return os.getpid()
+
+    def zenoh_loaded(self) -> bool:
+        return "zenoh" in sys.modules
+
+
+class Caller:
+    """Calls back into a host object it got by reference (``sidecar.expose(obj)``)."""
+
+    def __init__(self, host: Any) -> None:
+        self.host = host
+
+    def ask(self, value: int) -> int:
+        return int(self.host.double(value)) + 1
+
+
+class Blocker:
+    """A method that blocks the worker until it is killed, and one that ends the worker."""
+
+    def block(self, host: Any) -> None:
+        host.entered()
+        threading.Event().wait(_BOUND)
+
+    def exit(self, code: int) -> None:
+        sys.stdout.flush()
+        os._exit(code)
