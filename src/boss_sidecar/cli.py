@@ -1,12 +1,157 @@
-"""The boss-sidecar command (the launcher lands with the launcher issue)."""
+"""The ``boss-sidecar`` command: ``run`` the launcher, ask it for ``health``, ``check-config`` a file.
+
+``health`` exits 0 when every sidecar is healthy, 1 when one is not, 2 when no launcher answers,
+so it can serve as a container HEALTHCHECK as it is.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from boss_sidecar.config import load_config
+from boss_sidecar.control import ENV_SOCKET, REQUEST_TIMEOUT, LauncherUnreachable, default_socket_path, request
+from boss_sidecar.errors import ConfigError
+from boss_sidecar.launcher import Launcher
+from boss_sidecar.logs import LOG_FORMATS, configure_logging
+from boss_sidecar.policy import LOG_LEVELS
+
+HEALTHY, UNHEALTHY, UNREACHABLE = 0, 1, 2
+ENV_CONFIG = "BOSS_SIDECAR_CONFIG"
+ENV_LOG_LEVEL = "BOSS_SIDECAR_LOG_LEVEL"
+ENV_LOG_FORMAT = "BOSS_SIDECAR_LOG_FORMAT"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="boss-sidecar", description="Run and check zenoh sidecars.")
-    parser.parse_args(argv)
-    parser.print_help()
+def _parser() -> argparse.ArgumentParser:
+    # The logging options are accepted before and after the subcommand; SUPPRESS keeps a
+    # subcommand's unset option from overwriting one given before it.
+    def logging_options(parser: argparse.ArgumentParser, top: bool) -> None:
+        level = os.environ.get(ENV_LOG_LEVEL, "info") if top else argparse.SUPPRESS
+        fmt = os.environ.get(ENV_LOG_FORMAT, "console") if top else argparse.SUPPRESS
+        parser.add_argument("--log-level", choices=LOG_LEVELS, default=level, help=f"(${ENV_LOG_LEVEL}; info)")
+        parser.add_argument("--log-format", choices=LOG_FORMATS, default=fmt, help=f"(${ENV_LOG_FORMAT}; console)")
+
+    socket_help = f"control socket (${ENV_SOCKET}; default {default_socket_path()})"
+    parser = argparse.ArgumentParser(prog="boss-sidecar", description="Run and check supervised zenoh sidecars.")
+    logging_options(parser, top=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the sidecars of a config file in the foreground")
+    run.add_argument("config", nargs="?", type=Path, help=f"TOML file (${ENV_CONFIG}; else the embedded default)")
+    run.add_argument("--socket", type=Path, help=socket_help)
+    logging_options(run, top=False)
+
+    health = commands.add_parser("health", help="ask the running launcher; exit 0 healthy, 1 unhealthy, 2 none")
+    health.add_argument("--json", action="store_true", help="print the launcher's answer as JSON")
+    health.add_argument("--socket", type=Path, help=socket_help)
+    health.add_argument("--timeout", type=float, default=REQUEST_TIMEOUT, help="seconds to wait for an answer")
+    logging_options(health, top=False)
+
+    check = commands.add_parser("check-config", help="validate a config file without starting anything")
+    check.add_argument("config", type=Path)
+    logging_options(check, top=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "health":
+        return _health(args)
+    return _check_config(args.config)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = args.config or (Path(os.environ[ENV_CONFIG]) if os.environ.get(ENV_CONFIG) else None)
+    return Launcher(config, args.socket or default_socket_path()).run()
+
+
+def _check_config(path: Path) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    names = ", ".join(sorted(config.sidecars))
+    print(f"{config.file}: ok ({len(config.sidecars)} sidecar{'s' if len(config.sidecars) != 1 else ''}: {names})")
     return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    path = args.socket or default_socket_path()
+    try:
+        answer = request(path, {"command": "health"}, timeout=args.timeout)
+    except LauncherUnreachable as exc:
+        print(f"boss-sidecar health: {exc}", file=sys.stderr)
+        return UNREACHABLE
+    if not answer.get("ok"):
+        print(f"boss-sidecar health: the launcher refused: {answer.get('error')}", file=sys.stderr)
+        return UNREACHABLE
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print(health_table(answer))
+    return HEALTHY if answer.get("healthy") else UNHEALTHY
+
+
+# ----------------------------------------------------------------- the health table
+COLUMNS = (
+    ("SIDECAR", "name"),
+    ("STATE", "state"),
+    ("OK", "healthy"),
+    ("PID", "pid"),
+    ("INC", "incarnation"),
+    ("UPTIME", "uptime"),
+    ("RESTARTS", "restarts"),
+    ("RSS", "rss_bytes"),
+    ("CPU%", "cpu_percent"),
+    ("THREADS", "threads"),
+    ("FDS", "open_fds"),
+    ("HB RTT", "heartbeat_rtt"),
+    ("HB AGE", "heartbeat_age"),
+)
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "healthy":
+        return "yes" if value else "NO"
+    if key == "rss_bytes":
+        return f"{value / 1e6:.1f}MB"
+    if key == "cpu_percent":
+        return f"{value:.1f}"
+    if key == "heartbeat_rtt":
+        return f"{value * 1000:.1f}ms"
+    if key in ("uptime", "heartbeat_age"):
+        return f"{value:.1f}s"
+    return str(value)
+
+
+def health_table(answer: dict[str, Any]) -> str:
+    """A person's view of the launcher's answer: one row per sidecar, then why any is not healthy."""
+    sidecars = answer.get("sidecars", [])
+    rows = [[title for title, _ in COLUMNS]]
+    rows += [[_cell(key, entry.get(key)) for _, key in COLUMNS] for entry in sidecars]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    for entry in sidecars:
+        notes = [f"reason: {entry.get('reason')}"]
+        if entry.get("last_exit"):
+            notes.append(f"last exit: {entry['last_exit']}")
+        if entry.get("error"):
+            notes.append(f"error: {entry['error']}")
+        lines.append(f"{entry.get('name')}: " + "; ".join(notes))
+    launcher = answer.get("launcher", {})
+    verdict = "healthy" if answer.get("healthy") else "UNHEALTHY"
+    lines.append(f"launcher pid {launcher.get('pid')} ({launcher.get('config')}): {verdict}")
+    if launcher.get("last_reload") not in (None, "applied"):
+        lines.append(f"last reload {launcher['last_reload']}")
+    return "\n".join(lines)

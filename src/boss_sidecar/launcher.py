@@ -1,0 +1,241 @@
+"""The foreground launcher behind ``boss-sidecar run``: a set of sidecars kept to a config file.
+
+The main thread only waits for signals (SIGTERM/SIGINT stop, SIGHUP reloads) and applies them;
+sidecars start on their own threads, so a stop never waits for a slow start, and the control
+socket answers health requests from its own threads meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from boss_sidecar.config import LauncherConfig, SidecarSpec, load_config
+from boss_sidecar.control import ControlServer
+from boss_sidecar.errors import ConfigError, SidecarError
+from boss_sidecar.sidecar import Sidecar
+from boss_sidecar.states import FINAL_STATES
+
+_log = structlog.get_logger("boss_sidecar.launcher")
+STOP, RELOAD = "stop", "reload"
+JOIN_GRACE = 2.0
+"""Seconds beyond a sidecar's stop_timeout that the launcher waits for its stop to return."""
+
+
+@dataclass(eq=False)
+class Running:
+    """One sidecar the launcher runs, the spec it runs with, and what went wrong starting it."""
+
+    spec: SidecarSpec
+    sidecar: Sidecar
+    starter: threading.Thread | None = None
+    error: str | None = None
+    retiring: bool = False
+    """Set when the launcher stops it: a start or hosting cut short by that is not an error."""
+
+    def health(self) -> dict[str, Any]:
+        entry = self.sidecar.health().to_dict()
+        entry["error"] = self.error
+        if self.error is not None:
+            entry["healthy"] = False
+        return entry
+
+    @property
+    def given_up(self) -> bool:
+        """Failed, or its start or hosting failed: a reload starts it afresh even if unchanged."""
+        starting = self.starter is not None and self.starter.is_alive()
+        return not starting and (self.error is not None or self.sidecar.state in FINAL_STATES)
+
+
+def log_problems(problems: ConfigError, event: str) -> None:
+    """One log record per problem, so each reads well on a terminal and parses as JSON."""
+    for problem in getattr(problems, "problems", [problems]):
+        _log.error(event, problem=str(problem))
+
+
+class Launcher:
+    """Runs the sidecars of ``config_path`` (the embedded default when None) until stopped."""
+
+    def __init__(self, config_path: Path | None, socket_path: Path, *, check_imports: bool = True) -> None:
+        self.config_path = config_path.resolve() if config_path is not None else None
+        self.socket_path = socket_path
+        self._check_imports = check_imports
+        self._commands: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._running: dict[str, Running] = {}
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self._reloads = 0
+        self._last_reload: str | None = None
+        self._stopping = False
+        self._config_file = "?"
+
+    # ----------------------------------------------------------------- main loop
+    def run(self) -> int:
+        """Start everything, then serve signals until told to stop; 0 after a clean stop."""
+        try:
+            config = self._load()
+        except ConfigError as exc:
+            log_problems(exc, "invalid configuration; nothing started")
+            return 1
+        server = ControlServer(self.socket_path, self.handle)
+        try:
+            server.start()
+        except SidecarError as exc:
+            _log.error("cannot open the control socket; nothing started", error=str(exc))
+            return 1
+        previous = self._install_signals()
+        try:
+            _log.info("launcher running", pid=os.getpid(), config=config.file, sidecars=sorted(config.sidecars))
+            self._apply(config)
+            while (command := self._commands.get()) != STOP:
+                if command == RELOAD:
+                    self._reload()
+            self._stop_all()
+        finally:
+            server.close()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        _log.info("launcher stopped")
+        return 0
+
+    def _install_signals(self) -> dict[int, Any]:
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            # SimpleQueue.put is reentrant: safe in a handler that interrupts a get().
+            self._commands.put(RELOAD if signum == signal.SIGHUP else STOP)
+
+        previous: dict[int, Any] = {}
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, on_signal)
+        return previous
+
+    def _load(self) -> LauncherConfig:
+        config = load_config(self.config_path, check_imports=self._check_imports)
+        self._config_file = config.file
+        return config
+
+    # ----------------------------------------------------------------- applying a config
+    def _apply(self, config: LauncherConfig) -> None:
+        """Stop what is gone, changed or given up; start what is new (or was stopped for that)."""
+        with self._lock:
+            current = dict(self._running)
+        retire = [
+            name for name, running in current.items() if config.sidecars.get(name) != running.spec or running.given_up
+        ]
+        self._stop(current[name] for name in retire)
+        kept = set(current) - set(retire)
+        for name, spec in config.sidecars.items():
+            if name not in kept:
+                self._start(spec)
+        with self._lock:
+            for name in set(retire) - set(config.sidecars):
+                self._running.pop(name, None)
+        added = sorted(set(config.sidecars) - set(current))
+        restarted = sorted(set(retire) & set(config.sidecars))
+        removed = sorted(set(retire) - set(config.sidecars))
+        _log.info("configuration applied", added=added, restarted=restarted, removed=removed, kept=sorted(kept))
+
+    def _reload(self) -> None:
+        self._reloads += 1
+        _log.info("reloading configuration", file=self._config_file)
+        try:
+            config = self._load()
+        except ConfigError as exc:
+            log_problems(exc, "reload refused; the running sidecars are kept")
+            self._last_reload = f"refused: {exc}"
+            return
+        self._apply(config)
+        self._last_reload = "applied"
+
+    def _start(self, spec: SidecarSpec) -> None:
+        sidecar = Sidecar(spec.name, spec.zenoh, **spec.policy_options())
+        running = Running(spec, sidecar)
+        running.starter = threading.Thread(target=self._bring_up, args=(running,), name=f"start-{spec.name}")
+        with self._lock:
+            self._running[spec.name] = running
+        running.starter.start()
+
+    @staticmethod
+    def _bring_up(running: Running) -> None:
+        """Start one sidecar and host its objects; failures are kept for health, not raised."""
+        sidecar, log = running.sidecar, _log.bind(sidecar=running.spec.name)
+        step = "start"
+        try:
+            sidecar.start()
+            for document in running.spec.objects:
+                step = f"host {document.get('_id') or document['classname']}"
+                sidecar.host(dict(document))
+        except Exception as exc:
+            if running.retiring:
+                return
+            running.error = f"{step} failed: {exc}"
+            log.error("sidecar did not come up", step=step, error=str(exc))
+            return
+        log.info("sidecar up", pid=sidecar.pid, incarnation=sidecar.incarnation, objects=len(running.spec.objects))
+
+    def _stop(self, stopping: Iterable[Running]) -> None:
+        """Stop sidecars in parallel, each within its stop_timeout (plus a grace for the threads)."""
+        threads = []
+        deadline = time.monotonic()
+        for running in stopping:
+            timeout = running.spec.policy.stop_timeout
+            deadline = max(deadline, time.monotonic() + timeout + JOIN_GRACE)
+            thread = threading.Thread(target=self._stop_one, args=(running,), name=f"stop-{running.spec.name}")
+            thread.start()
+            threads.append((thread, running))
+        for thread, running in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if running.starter is not None:
+                running.starter.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                _log.error("sidecar did not stop in time", sidecar=running.spec.name)
+
+    @staticmethod
+    def _stop_one(running: Running) -> None:
+        running.retiring = True
+        with contextlib.suppress(SidecarError):
+            running.sidecar.stop()
+        _log.info("sidecar stopped", sidecar=running.spec.name, last_exit=running.sidecar.health().last_exit)
+
+    def _stop_all(self) -> None:
+        _log.info("stopping all sidecars")
+        self._stopping = True
+        with self._lock:
+            everything = list(self._running.values())
+        self._stop(everything)
+
+    # ----------------------------------------------------------------- control requests
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer a control request (from the control server's threads)."""
+        command = request.get("command")
+        if command == "health":
+            return self.health()
+        return {"ok": False, "error": f"unknown command {command!r}; known: health"}
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            running = sorted(self._running.values(), key=lambda entry: entry.spec.name)
+        sidecars = [entry.health() for entry in running]
+        return {
+            "ok": True,
+            "healthy": bool(sidecars) and all(entry["healthy"] for entry in sidecars) and not self._stopping,
+            "launcher": {
+                "pid": os.getpid(),
+                "config": self._config_file,
+                "uptime": time.monotonic() - self._started,
+                "reloads": self._reloads,
+                "last_reload": self._last_reload,
+                "stopping": self._stopping,
+            },
+            "sidecars": sidecars,
+        }
