@@ -263,6 +263,35 @@ def test_log_level_filters_the_launcher_output(tmp_path: Path, launch: Any) -> N
     assert all(record["level"] not in ("debug", "info") for record in launcher.logs())
 
 
+def test_worker_log_level_follows_the_policy(tmp_path: Path, launch: Any) -> None:
+    """A sidecar with log_level "warning" sends no info records from its worker; the other one does."""
+    sidecars = two_sidecars(tmp_path)
+    sidecars["b"]["log_level"] = "warning"
+    launcher = launch(write_config(tmp_path / "sidecars.toml", sidecars), "--log-format", "json")
+    launcher.wait_healthy()
+    launcher.signal(signal.SIGTERM)
+    assert launcher.process.wait(BOUND) == 0
+    worker_info = {"zenoh session open", "stopping"}  # logged at info by the worker itself
+    assert {r["sidecar"] for r in launcher.logs() if r["event"] in worker_info} == {"a"}
+
+
+def test_an_object_that_cannot_be_hosted_is_unhealthy_until_fixed_and_reloaded(tmp_path: Path, launch: Any) -> None:
+    """A constructor that raises shows as an error in health (exit 1); fixing the file and SIGHUP heals it."""
+    sidecars = two_sidecars(tmp_path)
+    counter = {"_id": "counter", "classname": "boss_sidecar.demo:Counter"}
+    sidecars["a"]["objects"] = [{**counter, "arguments": {"nonsense": 1}}]
+    config = write_config(tmp_path / "sidecars.toml", sidecars)
+    launcher = launch(config)
+    broken = wait_until(lambda: (s := launcher.sidecars()) and s.get("a", {}).get("error") and s, BOUND, "error")
+    assert broken["a"]["error"].startswith("host counter failed:") and "nonsense" in broken["a"]["error"]
+    assert launcher.health()[0] == 1
+    sidecars["a"]["objects"] = [counter]
+    write_config(config, sidecars)
+    launcher.signal(signal.SIGHUP)
+    healed = launcher.wait_healthy("fixed after reload")
+    assert healed["a"]["error"] is None and healed["b"]["pid"] == broken["b"]["pid"]
+
+
 def test_launcher_never_loads_zenoh(tmp_path: Path, launch: Any) -> None:
     """Only the workers map zenoh's library; the launcher process itself stays zenoh-free."""
     launcher = launch(write_config(tmp_path / "sidecars.toml", two_sidecars(tmp_path)))

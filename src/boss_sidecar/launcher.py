@@ -101,8 +101,8 @@ class Launcher:
             while (command := self._commands.get()) != STOP:
                 if command == RELOAD:
                     self._reload()
-            self._stop_all()
         finally:
+            self._stop_all()
             server.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
