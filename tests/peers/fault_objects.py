@@ -1,0 +1,96 @@
+"""Classes the fault tests host in a worker (as ``peers.fault_objects:Name``). Imports nothing of zenoh."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import types
+from typing import Any
+
+FOREVER = 3600.0
+""""Forever" for a worker thread: far beyond every test bound (the worker is killed long before)."""
+
+
+class HoldsLock(Exception):
+    """An exception that cannot be pickled: it carries a lock."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def _worker_only_error() -> type[Exception]:
+    """An exception class in a module that exists only in this (worker) process."""
+    module = sys.modules.get("fault_worker_only")
+    if module is None:
+        module = types.ModuleType("fault_worker_only")
+        module.WorkerOnlyError = type("WorkerOnlyError", (Exception,), {"__module__": "fault_worker_only"})  # type: ignore[attr-defined]
+        sys.modules["fault_worker_only"] = module
+    error: type[Exception] = module.WorkerOnlyError
+    return error
+
+
+class FaultEcho:
+    """Echoes, hangs, hogs, and raises on request."""
+
+    def __init__(self) -> None:
+        self.value = 1
+        self.blocking = 0
+        """How many calls of ``block_forever`` are blocked now."""
+        self._secret = "hidden"
+
+    def echo(self, *values: Any) -> Any:
+        return values[0] if len(values) == 1 else values
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def block_forever(self, gate: Any = None) -> None:
+        """Never returns (a thread waits on an event nobody sets); tells ``gate`` (a host object) first."""
+        self.blocking += 1
+        if gate is not None:
+            gate.entered()
+        threading.Event().wait(FOREVER)
+
+    def hog_gil(self) -> None:
+        """Never returns and never lets another thread run: a catastrophic regex holds the GIL."""
+        re.match(r"(a+)+$", "a" * 64 + "b")
+
+    def big(self, size: int) -> bytes:
+        return b"x" * size
+
+    def make_lock(self) -> Any:
+        return threading.Lock()
+
+    def raise_value_error(self, message: str) -> None:
+        raise ValueError(message)
+
+    def raise_unpicklable(self, message: str) -> None:
+        raise HoldsLock(message)
+
+    def raise_worker_only(self, message: str) -> None:
+        raise _worker_only_error()(message)
+
+    def call_host(self, ref: Any, method: str) -> Any:
+        """Ask the host to run ``method`` of the exported object behind ``ref``, by the raw request."""
+        return ref._endpoint.request("call_exported", (ref._ref.ref_id, method, (), {}))
+
+
+class RaisesInInit:
+    """A class that refuses to be built."""
+
+    def __init__(self, reason: str) -> None:
+        raise ValueError(f"refusing to start: {reason}")
+
+
+class AsksBeforeStarting:
+    """Asks an exported host object ``gate`` whether to block in ``__init__`` (to hold a replay)."""
+
+    def __init__(self, gate: Any) -> None:
+        if gate.should_block(os.getpid()):
+            threading.Event().wait(FOREVER)
+
+    def ready(self) -> bool:
+        return True

@@ -1,0 +1,168 @@
+"""Hangs and stalls: a frozen worker, methods that never return, a zenoh call that outlives its caller.
+
+Each is caught by the supervisor's heartbeat (no answer, or the worker's pong naming calls far past
+their timeout), the worker is killed and replaced with the reason, and calls end instead of queueing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from boss_sidecar import CallTimeout, SidecarCrashed
+from boss_sidecar.samples import Query
+from boss_sidecar.sidecar import Sidecar
+from boss_sidecar.testing import wait_until
+from peers.fault_support import BOUND, RestartWatch, worker_gone
+
+MakeSidecar = Callable[..., Sidecar]
+ECHO = "peers.fault_objects:FaultEcho"
+WORKER_THREADS = 32
+"""The worker's Endpoint serves at most this many calls at once (its thread pool)."""
+FAST_HEARTBEAT = {"heartbeat_interval": 0.2, "heartbeat_timeout": 1.0}
+
+
+def _watched(make_sidecar: MakeSidecar, **policy: Any) -> tuple[Sidecar, RestartWatch]:
+    sidecar = make_sidecar("hangs", **FAST_HEARTBEAT, **policy)
+    watch = RestartWatch()
+    sidecar.on_restart(watch)
+    return sidecar, watch
+
+
+def _start_calls(count: int, call: Callable[[int], Any]) -> Callable[[], list[Any]]:
+    """Run ``call(i)`` in ``count`` threads; the returned function joins them (bounded) and gives each
+    one's result or exception."""
+    outcomes: list[Any] = [None] * count
+
+    def run(index: int) -> None:
+        try:
+            outcomes[index] = call(index)
+        except Exception as exc:
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+
+    def finish() -> list[Any]:
+        for thread in threads:
+            thread.join(BOUND)
+        assert not any(thread.is_alive() for thread in threads), "a call did not end"
+        return outcomes
+
+    return finish
+
+
+def test_sigstopped_worker_is_replaced_and_calls_to_it_end_long_before_their_timeout(
+    make_sidecar: MakeSidecar,
+) -> None:
+    """SIGSTOP: the heartbeat kills and restarts it; calls meanwhile end (own result or SidecarCrashed)."""
+    sidecar, watch = _watched(make_sidecar, call_timeout=120.0)
+    echo = sidecar.host(ECHO)
+    frozen = sidecar.pid
+    assert frozen is not None
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        outcomes = _start_calls(4, lambda i: echo.echo(f"token-{i}"))()  # joined within BOUND, far below 120 s
+        reason = watch.next_reason()
+    finally:
+        if not worker_gone(frozen):
+            os.kill(frozen, signal.SIGKILL)
+    for index, outcome in enumerate(outcomes):
+        assert outcome == f"token-{index}" or isinstance(outcome, SidecarCrashed), outcome
+    assert reason == "hung: no heartbeat answer within 1s"
+    assert "restarted after: hung: no heartbeat answer" in sidecar.health().reason
+    assert echo.echo("after") == "after"
+    assert worker_gone(frozen)
+
+
+def test_method_blocking_forever_times_out_and_the_worker_is_replaced_while_other_calls_run(
+    make_sidecar: MakeSidecar,
+) -> None:
+    """A hosted method that never returns: CallTimeout for it, other calls still served, then a restart."""
+    sidecar, watch = _watched(make_sidecar, call_timeout=1.0)
+    echo = sidecar.host(ECHO)
+    first = sidecar.pid
+    finish = _start_calls(1, lambda _: echo.block_forever())
+    wait_until(lambda: echo.blocking == 1, BOUND, "the method to block in the worker")
+    assert echo.echo("meanwhile") == "meanwhile"  # served on another worker thread
+    (outcome,) = finish()
+    assert isinstance(outcome, CallTimeout), outcome
+    reason = watch.next_reason()
+    assert reason.startswith("hung: call 'call_object' running ") and reason.endswith("past its 1s timeout"), reason
+    assert sidecar.pid != first
+    assert echo.echo("after") == "after"
+    assert echo.blocking == 0  # hosted again, fresh, on the new worker
+
+
+def test_method_holding_the_gil_forever_is_caught_by_the_missing_heartbeat(make_sidecar: MakeSidecar) -> None:
+    """A method that never releases the GIL stops the worker answering pings: killed, SidecarCrashed."""
+    sidecar, watch = _watched(make_sidecar, call_timeout=120.0)
+    echo = sidecar.host(ECHO)
+    with pytest.raises(SidecarCrashed):
+        echo.hog_gil()  # ends when the heartbeat kills the worker, far before its 120 s timeout
+    assert watch.next_reason() == "hung: no heartbeat answer within 1s"
+    assert echo.echo("after") == "after"
+
+
+def test_zenoh_get_outliving_its_callers_timeout_is_reported_and_the_worker_replaced(
+    make_sidecar: MakeSidecar,
+) -> None:
+    """A get on a queryable whose handler never answers, zenoh timeout 1 h, caller timeout 1 s."""
+    sidecar, watch = _watched(make_sidecar)
+    release = threading.Event()
+    answering: list[Query] = []
+
+    def never_answers(query: Query) -> None:
+        answering.append(query)
+        release.wait(BOUND * 3)
+
+    sidecar.queryable("fault/hangs/silent", never_answers)
+    endpoint = sidecar._supervisor.endpoint()
+    try:
+        with pytest.raises(CallTimeout, match="call 'get' got no answer within 1s"):
+            endpoint.request("get", ("fault/hangs/silent", {"timeout": 3600.0}), timeout=1.0)
+        assert answering, "the query reached the host's handler"
+        assert sidecar.info()["zid"]  # other calls are still served meanwhile
+        reason = watch.next_reason()
+    finally:
+        release.set()
+    assert reason.startswith("hung: call 'get' running ") and reason.endswith("past its 1s timeout"), reason
+    assert sidecar.info()["zid"]
+
+
+class _Gate:
+    """Exported to the worker: counts hosted calls that entered a blocking method."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = threading.Condition()
+
+    def entered(self) -> None:
+        with self._changed:
+            self.count += 1
+            self._changed.notify_all()
+
+    def wait(self, count: int) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: self.count >= count, BOUND), f"{self.count} of {count} entered"
+
+
+def test_a_call_queued_behind_a_full_worker_fails_at_its_own_timeout(make_sidecar: MakeSidecar) -> None:
+    """Every worker thread blocked: a further call waits in the queue, times out, and counts as hung too."""
+    sidecar, watch = _watched(make_sidecar, call_timeout=2.0)
+    echo = sidecar.host(ECHO)
+    gate = _Gate()
+    ref = sidecar.expose(gate)
+    finish = _start_calls(WORKER_THREADS, lambda _: echo.block_forever(ref))
+    gate.wait(WORKER_THREADS)
+    with pytest.raises(CallTimeout):
+        echo.echo("queued")
+    assert all(isinstance(outcome, CallTimeout) for outcome in finish())
+    assert watch.next_reason().startswith("hung: call 'call_object' running ")
+    assert echo.echo("after") == "after"
