@@ -174,7 +174,7 @@ def test_run_health_hung_worker_reload_and_stop(tmp_path: Path, launch: Any) -> 
     assert (reloaded["a"]["pid"], reloaded["a"]["incarnation"]) == (restarted["a"]["pid"], 2)
     assert reloaded["b"]["incarnation"] == 1  # a new sidecar, not a restart of the old one
     assert gone(first["b"]["pid"])
-    code, answer = launcher.health()
+    code, answer = wait_until(lambda: (h := launcher.health()) and h[1]["launcher"]["reloads"] and h, BOUND, "reloaded")
     assert code == 0
     assert (answer["launcher"]["reloads"], answer["launcher"]["last_reload"]) == (1, "applied")
 

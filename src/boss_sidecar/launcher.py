@@ -82,7 +82,15 @@ class Launcher:
 
     # ----------------------------------------------------------------- main loop
     def run(self) -> int:
-        """Start everything, then serve signals until told to stop; 0 after a clean stop."""
+        """Start everything, then serve signals until told to stop; 0 after a clean stop, 1 if nothing started."""
+        previous = self._install_signals()  # from the start: a SIGTERM during set-up is not lost
+        try:
+            return self._run()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _run(self) -> int:
         try:
             config = self._load()
         except ConfigError as exc:
@@ -94,7 +102,6 @@ class Launcher:
         except SidecarError as exc:
             _log.error("cannot open the control socket; nothing started", error=str(exc))
             return 1
-        previous = self._install_signals()
         try:
             _log.info("launcher running", pid=os.getpid(), config=config.file, sidecars=sorted(config.sidecars))
             self._apply(config)
@@ -104,8 +111,6 @@ class Launcher:
         finally:
             self._stop_all()
             server.close()
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
         _log.info("launcher stopped")
         return 0
 
@@ -146,16 +151,18 @@ class Launcher:
         _log.info("configuration applied", added=added, restarted=restarted, removed=removed, kept=sorted(kept))
 
     def _reload(self) -> None:
-        self._reloads += 1
         _log.info("reloading configuration", file=self._config_file)
         try:
             config = self._load()
         except ConfigError as exc:
             log_problems(exc, "reload refused; the running sidecars are kept")
-            self._last_reload = f"refused: {exc}"
-            return
-        self._apply(config)
-        self._last_reload = "applied"
+            outcome = f"refused: {exc}"
+        else:
+            self._apply(config)
+            outcome = "applied"
+        with self._lock:  # health shows a reload once it is finished, count and outcome together
+            self._reloads += 1
+            self._last_reload = outcome
 
     def _start(self, spec: SidecarSpec) -> None:
         sidecar = Sidecar(spec.name, spec.zenoh, **spec.policy_options())
@@ -225,6 +232,7 @@ class Launcher:
     def health(self) -> dict[str, Any]:
         with self._lock:
             running = sorted(self._running.values(), key=lambda entry: entry.spec.name)
+            reloads, last_reload = self._reloads, self._last_reload
         sidecars = [entry.health() for entry in running]
         return {
             "ok": True,
@@ -233,8 +241,8 @@ class Launcher:
                 "pid": os.getpid(),
                 "config": self._config_file,
                 "uptime": time.monotonic() - self._started,
-                "reloads": self._reloads,
-                "last_reload": self._last_reload,
+                "reloads": reloads,
+                "last_reload": last_reload,
                 "stopping": self._stopping,
             },
             "sidecars": sidecars,
