@@ -165,25 +165,39 @@ def test_frequent_health_requests_do_not_hide_sustained_cpu_use(make_sidecar: Ma
     wait_until(busy, 20, "CPU use seen while polling health")
 
 
-def test_stop_during_start_ends_stopped() -> None:
-    """stop() while start() waits for the worker: start raises SidecarUnavailable, the state is STOPPED."""
-    sidecar = Sidecar("racing", peer_config())
+def _stop_while(sidecar: Sidecar, action: Callable[[], object], after: int) -> BaseException | None:
+    """Run ``action`` on a thread, stop the sidecar once worker number ``after`` is spawned; its outcome."""
     outcome: list[BaseException | None] = []
 
-    def start() -> None:
+    def run() -> None:
         try:
-            sidecar.start()
+            action()
         except BaseException as exc:
             outcome.append(exc)
         else:
             outcome.append(None)
 
-    thread = threading.Thread(target=start)
+    thread = threading.Thread(target=run)
     thread.start()
-    pid = wait_until(lambda: sidecar.state == SidecarState.STARTING and sidecar.pid, 10, "worker spawned")
+    wait_until(lambda: sidecar.state == SidecarState.STARTING and sidecar.incarnation == after, 10, "worker spawned")
+    pid = wait_until(lambda: sidecar.pid, 10, "worker pid")
     sidecar.stop(timeout=5)
     thread.join(10)
     assert len(outcome) == 1
-    assert outcome[0] is None or isinstance(outcome[0], SidecarUnavailable)
     assert sidecar.state == SidecarState.STOPPED
-    assert _gone(pid)
+    assert wait_until(lambda: _gone(pid), 5, "worker gone")
+    return outcome[0]
+
+
+def test_stop_during_start_ends_stopped() -> None:
+    """stop() while start() waits for the worker: start raises SidecarUnavailable, the state is STOPPED."""
+    sidecar = Sidecar("racing", peer_config())
+    outcome = _stop_while(sidecar, sidecar.start, after=1)
+    assert outcome is None or isinstance(outcome, SidecarUnavailable)
+
+
+def test_stop_during_restart_ends_stopped(make_sidecar: MakeSidecar) -> None:
+    """stop() while restart() waits for the new worker: no InvalidTransition, the state is STOPPED."""
+    sidecar = make_sidecar()
+    outcome = _stop_while(sidecar, sidecar.restart, after=2)
+    assert outcome is None or isinstance(outcome, SidecarUnavailable)

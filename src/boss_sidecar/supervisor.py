@@ -174,9 +174,7 @@ class Supervisor:
         try:
             self._launch()
         except BaseException as exc:
-            with self._cond:
-                if not self._stopping:  # a stop() during start already moved on to STOPPING
-                    self._machine.change(S.FAILED, f"start failed: {exc}")
+            self._fail_unless_stopping(f"start failed: {exc}")
             raise
         self._monitor = threading.Thread(target=self._monitor_loop, name=f"{self.name}-monitor", daemon=True)
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True)
@@ -452,10 +450,16 @@ class Supervisor:
         try:
             self._launch(after=reason)
         except BaseException as exc:
-            self._machine.change(S.FAILED, f"restart failed: {exc}")
+            self._fail_unless_stopping(f"restart failed: {exc}")
             raise
         self._restarts += 1
         self._run_restart_hooks(reason)
+
+    def _fail_unless_stopping(self, reason: str) -> None:
+        """FAILED after a start or restart that did not work, unless a stop() cut it short (then STOPPING)."""
+        with self._cond:
+            if not self._stopping:
+                self._machine.change(S.FAILED, reason)
 
     def _terminate(self, incarnation: Incarnation, deadline: float) -> None:
         """Escalate inside the deadline: stop request, SIGTERM, SIGKILL. Always returns in time."""
