@@ -475,7 +475,7 @@ class Endpoint:
     def _malformed(self, raw: object, error: ProtocolError) -> None:
         """Log it; fail the call it answers, or answer the request it was, so nothing waits."""
         message_id = id_of(raw)
-        kind = raw.get("type") if isinstance(raw, dict) else None
+        kind = raw.get("type") if isinstance(raw, dict) and isinstance(raw.get("type"), str) else None
         self._log.warning("malformed message", error=str(error), id=message_id)
         if message_id is None:
             return

@@ -29,6 +29,9 @@ from boss_sidecar.worker.service import WorkerService
 PR_SET_PDEATHSIG = 1
 PARENT_DEATH_SIGNAL = signal.SIGUSR2
 SHUTDOWN_BOUND = 0.6  # seconds for clean-up after the host died: the worker must be gone within 1 s
+EXIT_CHANNEL_LOST = 3
+"""Exit status when the channel ended without a stop request or SIGTERM: a failure, so a living host
+restarts the worker (exit 0 would read as a clean stop, and the on-failure policy would not restart)."""
 
 
 def _plain(value: Any) -> Any:
@@ -109,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     done = threading.Event()
+    asked = threading.Event()  # a stop request or SIGTERM: exiting is what was wanted
     reason = {"why": "host closed the channel"}
     service = WorkerService(args.name)
     endpoint = Endpoint(
@@ -124,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def on_term(signum: int, _frame: FrameType | None) -> None:
         reason["why"] = f"signal {signal.Signals(signum).name}"
+        asked.set()
         done.set()
 
     signal.signal(signal.SIGTERM, on_term)
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
-    os._exit(0)
+    os._exit(0 if stopped_politely or asked.is_set() else EXIT_CHANNEL_LOST)
 
 
 if __name__ == "__main__":
