@@ -22,11 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
-
 from boss_sidecar import AsyncSidecar, Sample, Sidecar, SidecarError, SidecarState
 from boss_sidecar.testing import free_port, peer_config
-from peers.fault_support import RestartWatch, worker_gone
+from peers.fault_support import RestartWatch, worker_gone, workers_of
 
 ECHO = "peers.fault_objects:FaultEcho"
 STREAM = "fault/chaos/stream"
@@ -235,17 +233,6 @@ class _Run:
             self.report.starting_kills += 1
 
 
-def _worker_children(name: str) -> list[int]:
-    """Workers of sidecar ``name`` still running below this process."""
-    found = []
-    for child in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            command = child.cmdline()
-            if "boss_sidecar.worker" in command and name in command and child.status() != psutil.STATUS_ZOMBIE:
-                found.append(child.pid)
-    return found
-
-
 async def run_chaos(settings: ChaosSettings) -> ChaosReport:
     """Run the chaos; every wait inside is bounded by ``settings.bound``."""
     run = _Run(settings)
@@ -304,8 +291,8 @@ async def run_chaos(settings: ChaosSettings) -> ChaosReport:
     run.report.worker_pids.discard(0)
     run.report.leftover_workers = sorted(
         {pid for pid in run.report.worker_pids if not worker_gone(pid)}
-        | set(_worker_children(WORKER_NAME))
-        | set(_worker_children(f"{WORKER_NAME}-pub"))
+        | set(workers_of(WORKER_NAME))
+        | set(workers_of(f"{WORKER_NAME}-pub"))
     )
     run.report.seconds = time.monotonic() - started
     return run.report

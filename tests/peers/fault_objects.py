@@ -73,9 +73,16 @@ class FaultEcho:
     def raise_worker_only(self, message: str) -> None:
         raise _worker_only_error()(message)
 
+    def peek_secret(self) -> str:
+        return self._secret
+
     def call_host(self, ref: Any, method: str) -> Any:
         """Ask the host to run ``method`` of the exported object behind ``ref``, by the raw request."""
         return ref._endpoint.request("call_exported", (ref._ref.ref_id, method, (), {}))
+
+    def ask_host(self, ref: Any, method: str) -> Any:
+        """Send the host a raw request for ``method`` of its own services (through ``ref``'s channel)."""
+        return ref._endpoint.request(method)
 
 
 class RaisesInInit:

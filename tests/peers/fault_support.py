@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import psutil
@@ -44,3 +45,14 @@ def worker_gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def workers_of(name: str) -> list[int]:
+    """Running workers of the sidecar called ``name`` below this process."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            command = child.cmdline()
+            if "boss_sidecar.worker" in command and name in command and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child.pid)
+    return found
