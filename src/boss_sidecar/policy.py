@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,8 @@ class SidecarPolicy:
                 continue
             if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
                 raise ConfigError(f"{spec.name} must be a number, got {value!r}")
+            if value > threading.TIMEOUT_MAX:  # inf too: every wait is bounded, and waits longer overflow
+                raise ConfigError(f"{spec.name} must be finite and at most {threading.TIMEOUT_MAX:g}, got {value!r}")
             if value < 0 or (value == 0 and spec.name not in ("backoff_initial", "backoff_jitter", "max_restarts")):
                 raise ConfigError(f"{spec.name} must be positive, got {value!r}")
         for name in ("max_restarts", "put_buffer"):
