@@ -57,7 +57,7 @@ class Message:
 
     def to_wire(self) -> dict[str, Any]:
         """The dict that travels: id, type, then every field of the type."""
-        wire: dict[str, Any] = {"id": self.id, "type": str(self.TYPE)}
+        wire: dict[str, Any] = {"id": self.id, "type": self.TYPE._value_}
         for name in self.fields:
             wire[name] = getattr(self, name)
         for name in self.optional:
@@ -243,47 +243,71 @@ def encode(message: Message) -> dict[str, Any]:
     return message.to_wire()
 
 
+_Field = tuple[str, Callable[[object], bool] | None, str]  # name, check (None: anything goes), expectation
+
+# _SPECS flattened for decode, which runs for every message received: checks that accept anything drop out.
+_DECODERS: dict[str, tuple[type[Message], tuple[_Field, ...], tuple[_Field, ...]]] = {
+    code: (
+        cls,
+        tuple((name, None if check is _anything else check, expected) for name, (check, expected) in required.items()),
+        tuple((name, None if check is _anything else check, expected) for name, (check, expected) in optional.items()),
+    )
+    for code, (cls, required, optional) in _SPECS.items()
+}
+_ABSENT = object()
+
+
 def decode(raw: object) -> Message:
     """Check a received dict and build its message; raise ProtocolError naming the problem."""
     if not isinstance(raw, dict):
         raise ProtocolError(f"message must be a dict, got {type(raw).__name__}")
-    if "type" not in raw:
-        raise ProtocolError("message has no 'type' field")
-    code = raw["type"]
+    code = raw.get("type", _ABSENT)
     if not isinstance(code, str):
+        if code is _ABSENT:
+            raise ProtocolError("message has no 'type' field")
         raise ProtocolError(f"message field 'type' must be a str, got {type(code).__name__}")
-    spec = _SPECS.get(code)
+    spec = _DECODERS.get(code)
     if spec is None:
         raise UnknownMessageType(f"unknown message type {code!r}")
     cls, required, optional = spec
-    if "id" not in raw:
-        raise ProtocolError(f"{cls.__name__} message ({code!r}) has no 'id' field")
-    if not _is_int(raw["id"]):
-        raise ProtocolError(
-            f"{cls.__name__} message ({code!r}) field 'id' must be an int, got {type(raw['id']).__name__}"
-        )
-    values: dict[str, Any] = {"id": raw["id"]}
-    for name, (check, expected) in required.items():
-        if name not in raw:
-            raise ProtocolError(f"{cls.__name__} message ({code!r}) has no {name!r} field")
-        _check_field(cls, code, name, raw[name], check=check, expected=expected)
-        values[name] = raw[name]
-    for name, (check, expected) in optional.items():
-        if name in raw:
-            _check_field(cls, code, name, raw[name], check=check, expected=expected)
-            values[name] = raw[name]
-    if "args" in values:
+    message_id = raw.get("id", _ABSENT)
+    if type(message_id) is not int and not _is_int(message_id):
+        if message_id is _ABSENT:
+            raise ProtocolError(f"{cls.__name__} message ({code!r}) has no 'id' field")
+        raise _wrong_field(cls, code, "id", message_id, "an int")
+    values: dict[str, Any] = {"id": message_id}
+    _take(cls, code, raw, required, values, missing_is_error=True)
+    _take(cls, code, raw, optional, values, missing_is_error=False)
+    if "args" in values and type(values["args"]) is not tuple:
         values["args"] = tuple(values["args"])
     return cls(**values)
 
 
-def _check_field(
-    cls: type[Message], code: str, name: str, value: object, *, check: Callable[[object], bool], expected: str
+def _take(
+    cls: type[Message],
+    code: str,
+    raw: dict[Any, Any],
+    fields: tuple[_Field, ...],
+    values: dict[str, Any],
+    *,
+    missing_is_error: bool,
 ) -> None:
-    if not check(value):
-        raise ProtocolError(
-            f"{cls.__name__} message ({code!r}) field {name!r} must be {expected}, got {type(value).__name__}"
-        )
+    """Check ``fields`` of ``raw`` and copy them into ``values``."""
+    for name, check, expected in fields:
+        value = raw.get(name, _ABSENT)
+        if value is _ABSENT:
+            if missing_is_error:
+                raise ProtocolError(f"{cls.__name__} message ({code!r}) has no {name!r} field")
+            continue
+        if check is not None and not check(value):
+            raise _wrong_field(cls, code, name, value, expected)
+        values[name] = value
+
+
+def _wrong_field(cls: type[Message], code: str, name: str, value: object, expected: str) -> ProtocolError:
+    return ProtocolError(
+        f"{cls.__name__} message ({code!r}) field {name!r} must be {expected}, got {type(value).__name__}"
+    )
 
 
 def id_of(raw: object) -> int | None:

@@ -1,29 +1,39 @@
 """The symmetric RPC endpoint: serves an object to the peer and calls the peer's object.
 
 One reader thread blocks on the connection (event-driven, no polling) and routes each message:
-replies settle the waiting caller's future by id, heartbeats are answered at once, one-way events
-and attribute access run in arrival order on the reader, and calls run in a thread pool so a slow
+replies settle the waiting caller by id, heartbeats are answered at once, one-way events and
+attribute access run in arrival order on the reader, and calls run in a thread pool so a slow
 method never holds up other requests or heartbeats. Sync and async callers share one core: a
-request is a ``concurrent.futures.Future``; ``acall`` only awaits it.
+request is a ``_Pending`` registered by id; ``call`` blocks on it, ``acall`` awaits it.
+
+The bytes on the wire are exactly ``Connection.send_bytes`` framing (a ``!i`` length, or -1 and a
+``!Q`` length, then the pickle), so a BOSS peer using ``Connection.send``/``recv`` reads them. The
+endpoint does its own framing on the connection's file descriptor for speed: the reader takes
+every message that has arrived with one system call, and senders hand their frames to whichever
+thread is writing instead of queueing on a lock, so a busy channel costs a few system calls per
+batch rather than several per message. Writes never block a caller: what the socket does not
+take at once is written by a short-lived writer thread, bounded by the send timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import heapq
 import inspect
-import math
+import io
 import os
 import pickle
 import pickletools
+import queue
 import socket
+import struct
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import structlog
 
@@ -64,24 +74,291 @@ DEFAULT_SEND_TIMEOUT = 30.0
 
 _log = structlog.get_logger("boss_sidecar.rpc")
 
+_HEADER = struct.Struct("!i")  # Connection's framing: a signed 4-byte length ...
+_LONG_HEADER = struct.Struct("!iQ")  # ... or -1 and an 8-byte length for messages of 2 GiB and more
+_LONG = 0x7FFFFFFF
+_READ_BUFFER = 256 * 1024  # one read takes up to this much: every message that has arrived
+_KEPT_OF_OVERSIZED = 4096  # of a message over the limit, the start is kept to find its id
+_PARTS_PER_WRITE = 512  # buffers per sendmsg/writev call (IOV_MAX is 1024 on Linux)
+_SEND_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)
+_CORK_PARTS = 32  # a loop's corked requests are written once this many frame parts wait (16 messages)
+_SETTLING_GRACE = 5.0  # a reply being delivered as the caller times out arrives within this
 
-class _Pending(concurrent.futures.Future[Any]):
-    """A request waiting for its reply; ``what`` names it in error messages."""
 
-    def __init__(self, what: str) -> None:
-        super().__init__()
+# ----------------------------------------------------------------- pending requests
+class _Pending:
+    """A request waiting for its reply; ``what`` names it in error messages.
+
+    Whoever takes it out of the endpoint's table (the reader with the reply, the caller on
+    timeout, closing) settles it, so it is settled exactly once without a lock of its own.
+    A sync caller blocks on ``_ready``; an async caller awaits ``future`` on its loop.
+    """
+
+    __slots__ = ("_error", "_ready", "_value", "future", "loop", "what")
+
+    def __init__(self, what: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.what = what
-
-
-def _settle(future: concurrent.futures.Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
-    """Resolve a future unless it was already resolved or cancelled (a timed-out caller)."""
-    with contextlib.suppress(concurrent.futures.InvalidStateError):
-        if error is not None:
-            future.set_exception(error)
+        self.loop = loop
+        self._value: Any = None
+        self._error: BaseException | None = None
+        if loop is None:
+            self._ready = threading.Lock()
+            self._ready.acquire()
         else:
-            future.set_result(result)
+            self.future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(self, value: Any = None, error: BaseException | None = None) -> None:
+        """Hand over the outcome; for an async caller, from any thread."""
+        if self.loop is None:
+            self._value, self._error = value, error
+            self._ready.release()
+        else:
+            with contextlib.suppress(RuntimeError):  # the caller's loop is closed: no one to tell
+                self.loop.call_soon_threadsafe(_deliver, self.future, value, error)
+
+    def wait(self, seconds: float | None) -> bool:
+        """Block until settled or ``seconds`` passed (None: no limit); True if settled."""
+        return self._ready.acquire(timeout=-1 if seconds is None else seconds)
+
+    def outcome(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
+def _deliver(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    """On the caller's loop: resolve its future unless it gave up (timed out or was cancelled)."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+class _Expired(Exception):
+    """Set on an async caller's future when its timeout passes."""
+
+
+class _Deadlines:
+    """The timeouts of async requests on one loop, kept by one timer at the earliest deadline.
+
+    Cheaper than a timer per request (an asyncio timer costs several microseconds to make, and
+    as much again to cancel); answered requests are dropped lazily, pruned as the heap grows.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._heap: list[tuple[float, int, asyncio.Future[Any]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._prune_at = 1024
+
+    def add(self, seconds: float, message_id: int, future: asyncio.Future[Any]) -> None:
+        """Fail ``future`` with _Expired once ``seconds`` passed, unless it is done by then."""
+        when = self._loop.time() + seconds
+        heapq.heappush(self._heap, (when, message_id, future))
+        if self._timer is None or when < self._timer.when():
+            self._schedule(when)
+        if len(self._heap) > self._prune_at:
+            self._heap = [entry for entry in self._heap if not entry[2].done()]
+            heapq.heapify(self._heap)
+            self._prune_at = max(1024, 2 * len(self._heap))
+
+    def _schedule(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        heap = self._heap
+        while heap and (heap[0][0] <= now or heap[0][2].done()):
+            _, _, future = heapq.heappop(heap)
+            if not future.done():
+                future.set_exception(_Expired())
+        if heap:
+            self._schedule(heap[0][0])
+
+
+# ----------------------------------------------------------------- serving pool
+class _Pool:
+    """Threads for served calls: started on demand up to ``size``, then kept until ``shutdown``.
+
+    Leaner than ``ThreadPoolExecutor`` (no future per job; the call replies by itself). The threads
+    are daemons so a served call that never returns cannot hold up the process's exit.
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size = max(1, size)
+        self._name = name
+        self._jobs: queue.SimpleQueue[tuple[Callable[[Any], None], Any] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+        self._shut = False
+
+    def submit(self, job: Callable[[Any], None], argument: Any) -> None:
+        """Run ``job(argument)`` on a pool thread; RuntimeError once shut down."""
+        with self._lock:
+            if self._shut:
+                raise RuntimeError("pool is shut down")
+            start = False
+            if self._idle:
+                self._idle -= 1
+            elif self._threads < self._size:
+                self._threads += 1
+                start = True
+        self._jobs.put((job, argument))
+        if start:
+            threading.Thread(target=self._work, name=f"{self._name}-{self._threads}", daemon=True).start()
+
+    def shutdown(self) -> None:
+        """Drop queued jobs and let the threads end once their current job returns."""
+        with self._lock:
+            self._shut = True
+            threads = self._threads
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._jobs.get_nowait()
+        for _ in range(threads):
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            job, argument = item
+            try:
+                job(argument)
+            except BaseException:  # a job handles its own errors; this is the last resort
+                _log.exception("served job failed", pool=self._name)
+            with self._lock:
+                self._idle += 1
+
+
+# ----------------------------------------------------------------- framing
+class _Oversized(NamedTuple):
+    """A message over the limit that was read past: its size and its first bytes."""
+
+    size: int
+    start: bytes
+
+
+class _ChannelEnded(Exception):
+    """The byte stream ended; the text says whether between messages or inside one."""
+
+
+class _FrameReader:
+    """Splits the connection's byte stream into messages, as ``Connection.recv_bytes`` would.
+
+    ``batch`` blocks for one read and returns every whole message it completed. Messages are
+    memoryviews into a reused buffer, valid until the next ``batch``; a message bigger than the
+    buffer gets a buffer of its own, and one over ``limit`` is read past, only its start kept.
+    """
+
+    def __init__(self, fd: int, limit: int) -> None:
+        self._fd = fd
+        self._limit = limit
+        self._buffer = bytearray(_READ_BUFFER)
+        self._view = memoryview(self._buffer)
+        self._start = 0
+        self._end = 0
+
+    def batch(self) -> list[memoryview | bytes | bytearray | _Oversized]:
+        self._compact()
+        self._fill(self._end, "")
+        frames: list[memoryview | bytes | bytearray | _Oversized] = []
+        while self._end - self._start >= _HEADER.size:
+            size = _HEADER.unpack_from(self._buffer, self._start)[0]
+            header = _HEADER.size
+            if size == -1:
+                if self._end - self._start < _LONG_HEADER.size:
+                    break
+                size = _LONG_HEADER.unpack_from(self._buffer, self._start)[1]
+                header = _LONG_HEADER.size
+            elif size < 0:
+                raise ProtocolError(f"bad message length {size}: the byte stream is corrupt")
+            body = self._start + header
+            if self._end - body >= size and size <= self._limit:
+                frames.append(self._view[body : body + size])
+                self._start = body + size
+                continue
+            if size <= self._limit and header + size <= len(self._buffer):
+                break  # the rest of this message comes with a later read
+            # The buffer is about to be reused: earlier messages of this batch must not change.
+            frames[:] = [bytes(frame) if isinstance(frame, memoryview) else frame for frame in frames]
+            frames.append(self._read_past(body, size) if size > self._limit else self._read_large(body, size))
+        return frames
+
+    def _compact(self) -> None:
+        """Move a partly read message to the front so the next read has room for the rest."""
+        left = self._end - self._start
+        if left and self._start:
+            self._buffer[:left] = bytes(self._view[self._start : self._end])
+        self._start, self._end = 0, left
+
+    def _fill(self, at: int, inside: str) -> int:
+        """One blocking read into the buffer at ``at``; raise _ChannelEnded on end of stream."""
+        got = os.readv(self._fd, [self._view[at:]])
+        if not got:
+            if inside or self._end > self._start:
+                raise _ChannelEnded(f"channel closed in the middle of a message{inside}")
+            raise _ChannelEnded("peer closed the channel")
+        self._end = at + got
+        return got
+
+    def _read_large(self, body: int, size: int) -> bytearray:
+        message = bytearray(size)
+        view = memoryview(message)
+        have = self._end - body
+        view[:have] = self._view[body : self._end]
+        self._start = self._end = 0
+        while have < size:
+            got = os.readv(self._fd, [view[have:]])
+            if not got:
+                raise _ChannelEnded(f"channel closed in the middle of a message of {size} bytes")
+            have += got
+        return message
+
+    def _read_past(self, body: int, size: int) -> _Oversized:
+        kept = bytearray()
+        left = size
+        position = body
+        while True:
+            take = min(self._end - position, left)
+            if len(kept) < _KEPT_OF_OVERSIZED:
+                kept += self._view[position : position + min(take, _KEPT_OF_OVERSIZED - len(kept))]
+            left -= take
+            position += take
+            if not left:
+                self._start = position
+                return _Oversized(size, bytes(kept))
+            self._start = self._end = position = 0
+            self._fill(0, f" of {size} bytes")
+
+
+def _frame(data: bytes) -> tuple[bytes, bytes]:
+    """Connection's framing of one message: its header and its bytes."""
+    size = len(data)
+    return (_HEADER.pack(size) if size <= _LONG else _LONG_HEADER.pack(-1, size)), data
+
+
+def _after(parts: list[Any], sent: int) -> list[Any]:
+    """What is left of ``parts`` once their first ``sent`` bytes went out."""
+    for index, part in enumerate(parts):
+        size = len(part)
+        if sent < size:
+            rest = parts[index:]
+            if sent:
+                rest[0] = memoryview(part)[sent:]
+            return rest
+        sent -= size
+    return []
+
+
+# ----------------------------------------------------------------- pickling
 def _dumps(obj: object) -> bytes:
     return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -103,8 +380,50 @@ def portable_error(exc: BaseException) -> BaseException:
     return RemoteError(f"{kind.__module__}.{kind.__qualname__}", str(exc), "".join(traceback.format_exception(exc)))
 
 
+class _StandIn:
+    """Stands for an object of a class this process does not rebuild; keeps its name and arguments."""
+
+    qualified: ClassVar[str] = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, item: Any) -> None:
+        pass
+
+    def extend(self, items: Any) -> None:
+        pass
+
+    def text(self) -> str:
+        """What ``str()`` of the exception it stands for would say."""
+        if len(self.args) == 1:
+            return str(self.args[0])
+        return str(self.args) if self.args else ""
+
+
+class _StandInUnpickler(pickle.Unpickler):
+    """Loads the structure of a pickle without importing or running anything it names."""
+
+    def find_class(self, module: str, name: str) -> type[_StandIn]:
+        return type(name, (_StandIn,), {"qualified": f"{module}.{name}"})
+
+
+def _load_structure(data: bytes) -> object:
+    """The message with every object of a named class replaced by a _StandIn; None if not a pickle."""
+    try:
+        return _StandInUnpickler(io.BytesIO(data)).load()
+    except Exception:
+        return None
+
+
 def _salvage(data: bytes) -> dict[str, Any]:
-    """Read id, type and traceback out of a pickle that failed to load, so its call is not lost."""
+    """Read ids, type and traceback out of the start of a pickle, so its call is not lost."""
     found: dict[str, Any] = {}
     key: object = None
     try:
@@ -114,9 +433,9 @@ def _salvage(data: bytes) -> dict[str, Any]:
             if key == "id" and isinstance(arg, int) and not isinstance(arg, bool):
                 found.setdefault("ids", []).append(arg)
             elif key in ("type", "traceback") and isinstance(arg, str):
-                found[key] = arg
+                found.setdefault(key, arg)
             key = arg if isinstance(arg, str) else None
-    except Exception:  # garbage stops the scan; what was found so far still helps
+    except Exception:  # garbage or a cut-off pickle stops the scan; what was found so far still helps
         pass
     return found
 
@@ -153,6 +472,8 @@ class Endpoint:
     ) -> None:
         self.name = name
         self._connection = connection
+        self._fd = connection.fileno()
+        self._socket = _socket_of(self._fd)
         self._target = target
         self._allow = frozenset(allow)
         self._loop = loop
@@ -163,11 +484,18 @@ class Endpoint:
         self._log = _log.bind(endpoint=name)
         self._pending: dict[int, _Pending] = {}
         self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
         self._send_timeout = send_timeout
+        self._outbox: list[Any] = []  # frames (header, bytes, ...) not yet handed to the socket
+        self._outbox_lock = threading.Lock()
+        self._writing = False  # a thread is writing the outbox; others only add to it
+        self._corked: set[asyncio.AbstractEventLoop] = set()  # loops in a turn that woke callers (see _send_bytes)
+        self._deadlines: dict[asyncio.AbstractEventLoop, _Deadlines] = {}
         self._closed: SidecarError | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix=f"{name}-serve")
+        self._pool = _Pool(max_workers, f"{name}-serve")
         self._reader = threading.Thread(target=self._read_loop, name=f"{name}-reader", daemon=True)
+        # What the reader wakes at the end of a batch (see _hand_over_batch).
+        self._batch_settled: list[tuple[_Pending, Any, BaseException | None]] = []
+        self._batch_calls: list[Call] = []
         self.peer: Hello | None = None
         self.peer_overdue: list[str] = []
         """What the peer's last pong reported as overdue: calls running long after their timeout."""
@@ -213,10 +541,9 @@ class Endpoint:
         self._wake_reader()
         if threading.current_thread() is not self._reader and self._reader.is_alive():
             self._reader.join(timeout=1.0)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
         if not self._reader.is_alive():
-            with contextlib.suppress(OSError):
-                self._connection.close()
+            self._release_channel()
 
     def wait_peer(self, timeout: float) -> Hello:
         """Wait for the peer's hello (our peers send one first thing); CallTimeout otherwise."""
@@ -230,8 +557,7 @@ class Endpoint:
     def abandon(self) -> None:
         """In a forked child: let go of the parent's channel without shutting it down for the parent."""
         self._mark_closed(SidecarUnavailable(f"{self.name}: belongs to the parent process"))
-        with contextlib.suppress(OSError):
-            self._connection.close()
+        self._release_channel()
 
     def overdue(self) -> list[str]:
         """Served calls running (or queued) well past the timeout their caller gave them."""
@@ -248,8 +574,11 @@ class Endpoint:
                 return False
             self._closed = error
             pending, self._pending = self._pending, {}
-        for future in pending.values():
-            _settle(future, error=type(error)(f"{error} (during {future.what})"))
+        with self._outbox_lock:
+            self._outbox = []
+        while pending:  # popitem, not iteration: a reply or a timeout may take entries concurrently
+            _, request = pending.popitem()
+            request.settle(error=type(error)(f"{error} (during {request.what})"))
         self.closed.set()
         self.peer_ready.set()  # wake wait_peer
         if self._on_close is not None:
@@ -259,22 +588,26 @@ class Endpoint:
                 self._log.exception("on_close handler failed")
         return True
 
+    def _release_channel(self) -> None:
+        """Close our file descriptors (without shutting the socket down for other holders)."""
+        with contextlib.suppress(OSError):
+            if self._socket is not None:
+                self._socket.close()
+            self._connection.close()
+
     def _wake_reader(self) -> None:
         """Unblock the reader: shutting a socket down wakes a thread blocked reading it."""
         with contextlib.suppress(OSError, ValueError):
-            sock = socket.socket(fileno=os.dup(self._connection.fileno()))
-            with sock:
-                sock.shutdown(socket.SHUT_RDWR)
+            if self._socket is not None:
+                self._socket.shutdown(socket.SHUT_RDWR)
 
     def _bound_send_timeout(self) -> None:
-        """Bound a blocked write (peer stopped reading) so no sender waits forever."""
+        """Bound a blocked write (peer stopped reading) so the writer thread cannot wait forever."""
         with contextlib.suppress(OSError, ValueError):
-            sock = socket.socket(fileno=os.dup(self._connection.fileno()))
-            with sock:
-                sock.settimeout(None)
+            if self._socket is not None:
                 seconds = int(self._send_timeout)
                 micros = int((self._send_timeout - seconds) * 1_000_000)
-                sock.setsockopt(
+                self._socket.setsockopt(
                     socket.SOL_SOCKET, socket.SO_SNDTIMEO, seconds.to_bytes(8, "little") + micros.to_bytes(8, "little")
                 )
 
@@ -296,20 +629,19 @@ class Endpoint:
         timeout: float | None = None,
     ) -> Any:
         """``call`` with explicit args and kwargs, for methods that take a ``timeout`` of their own."""
-        message = Call(
-            id=new_id(), method=method, args=tuple(args), kwargs=kwargs or {}, timeout=self._timeout(timeout)
-        )
-        return self._wait(message.id, self._begin(message, f"call {method!r}", timeout), timeout)
+        seconds = self._timeout(timeout)
+        message = Call(id=new_id(), method=method, args=tuple(args), kwargs=kwargs or {}, timeout=seconds)
+        return self._round_trip(message, f"call {method!r}", seconds)
 
     def get_attribute(self, name: str, timeout: float | None = None) -> Any:
         """Read attribute ``name`` of the peer's object."""
         message = GetAttribute(id=new_id(), name=name)
-        return self._wait(message.id, self._begin(message, f"get {name!r}", timeout), timeout)
+        return self._round_trip(message, f"get {name!r}", self._timeout(timeout))
 
     def set_attribute(self, name: str, value: Any, timeout: float | None = None) -> None:
         """Write attribute ``name`` of the peer's object and wait for its acknowledgement."""
         message = SetAttribute(id=new_id(), name=name, value=value, ack=True)
-        self._wait(message.id, self._begin(message, f"set {name!r}", timeout), timeout)
+        self._round_trip(message, f"set {name!r}", self._timeout(timeout))
 
     async def acall(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Awaitable ``call``."""
@@ -324,20 +656,19 @@ class Endpoint:
         timeout: float | None = None,
     ) -> Any:
         """Awaitable ``request``."""
-        message = Call(
-            id=new_id(), method=method, args=tuple(args), kwargs=kwargs or {}, timeout=self._timeout(timeout)
-        )
-        return await self._await(message.id, self._begin(message, f"call {method!r}", timeout), timeout)
+        seconds = self._timeout(timeout)
+        message = Call(id=new_id(), method=method, args=tuple(args), kwargs=kwargs or {}, timeout=seconds)
+        return await self._async_round_trip(message, f"call {method!r}", seconds)
 
     async def aget_attribute(self, name: str, timeout: float | None = None) -> Any:
         """Awaitable ``get_attribute``."""
         message = GetAttribute(id=new_id(), name=name)
-        return await self._await(message.id, self._begin(message, f"get {name!r}", timeout), timeout)
+        return await self._async_round_trip(message, f"get {name!r}", self._timeout(timeout))
 
     async def aset_attribute(self, name: str, value: Any, timeout: float | None = None) -> None:
         """Awaitable ``set_attribute``."""
         message = SetAttribute(id=new_id(), name=name, value=value, ack=True)
-        await self._await(message.id, self._begin(message, f"set {name!r}", timeout), timeout)
+        await self._async_round_trip(message, f"set {name!r}", self._timeout(timeout))
 
     def notify(self, method: str, *args: Any, **kwargs: Any) -> None:
         """One-way call: the peer runs ``method`` in arrival order; no reply, errors logged there."""
@@ -350,55 +681,68 @@ class Endpoint:
     def ping(self, timeout: float | None = None) -> float:
         """Heartbeat: the round trip in seconds, answered by the peer's reader thread."""
         message = Ping(id=new_id(), sent=time.monotonic())
-        return float(self._wait(message.id, self._begin(message, "ping", timeout), timeout))
+        return float(self._round_trip(message, "ping", self._timeout(timeout)))
 
     def request_stop(self, reason: str = "stop requested", timeout: float | None = None) -> None:
         """Ask the peer to release what it holds and exit; returns when it acknowledged."""
         message = Stop(id=new_id(), reason=reason)
-        self._wait(message.id, self._begin(message, "stop", timeout), timeout)
+        self._round_trip(message, "stop", self._timeout(timeout))
 
     # ----------------------------------------------------------------- the shared core
     def _timeout(self, timeout: float | None) -> float | None:
+        """Seconds to wait, or None for no limit (infinity, or more than a lock wait can take)."""
         value = self._default_timeout if timeout is None else timeout
-        return None if math.isinf(value) else value
+        return None if value > threading.TIMEOUT_MAX else value
 
-    def _begin(self, message: Message, what: str, timeout: float | None = None) -> _Pending:
+    def _begin(self, message: Message, what: str, loop: asyncio.AbstractEventLoop | None = None) -> _Pending:
+        """Register the request and send it; the send never waits on the channel, so deadlines hold."""
         data = self._encode(message, what)
-        future = _Pending(what)
+        pending = _Pending(what, loop)
         with self._lock:
             self._raise_if_closed()
-            self._pending[message.id] = future
+            self._pending[message.id] = pending
         try:
-            self._send_bytes(data, self._timeout(timeout))
+            self._send_bytes(data, loop)
         except BaseException:
             self._pending.pop(message.id, None)
             raise
-        return future
+        return pending
 
-    def _wait(self, message_id: int, future: _Pending, timeout: float | None) -> Any:
-        seconds = self._timeout(timeout)
-        try:
-            return future.result(seconds)
-        except TimeoutError:
-            if future.done():
-                raise  # the remote side raised a TimeoutError of its own
-            self._pending.pop(message_id, None)
-            raise CallTimeout(f"{self.name}: {future.what} got no answer within {seconds:g}s") from None
+    def _round_trip(self, message: Message, what: str, seconds: float | None) -> Any:
+        """Send a request and block for its outcome."""
+        pending = self._begin(message, what)
+        if not pending.wait(seconds):
+            if self._pending.pop(message.id, None) is not None:
+                raise CallTimeout(f"{self.name}: {pending.what} got no answer within {seconds:g}s")
+            # The reader (or close) took it just now and is settling it: the outcome is a moment away.
+            if not pending.wait(_SETTLING_GRACE):
+                raise CallTimeout(f"{self.name}: {pending.what} got no answer within {seconds:g}s")
+        return pending.outcome()
 
-    async def _await(self, message_id: int, future: _Pending, timeout: float | None) -> Any:
-        seconds = self._timeout(timeout)
-        wrapped = asyncio.wrap_future(future)
+    async def _async_round_trip(self, message: Message, what: str, seconds: float | None) -> Any:
+        """Send a request and await its outcome; the reader hands it to this loop."""
+        loop = asyncio.get_running_loop()
+        pending = self._begin(message, what, loop)
+        future = pending.future
+        if seconds is not None:
+            self._deadlines_of(loop).add(seconds, message.id, future)
         try:
-            done, _ = await asyncio.wait({wrapped}, timeout=seconds)
+            return await future
+        except _Expired:
+            self._pending.pop(message.id, None)
+            raise CallTimeout(f"{self.name}: {what} got no answer within {seconds:g}s") from None
         except asyncio.CancelledError:
-            self._pending.pop(message_id, None)
-            wrapped.cancel()
+            self._pending.pop(message.id, None)
             raise
-        if not done:
-            self._pending.pop(message_id, None)
-            wrapped.cancel()
-            raise CallTimeout(f"{self.name}: {future.what} got no answer within {seconds:g}s")
-        return wrapped.result()
+
+    def _deadlines_of(self, loop: asyncio.AbstractEventLoop) -> _Deadlines:
+        deadlines = self._deadlines.get(loop)
+        if deadlines is None:
+            with self._lock:
+                for closed in [known for known in self._deadlines if known.is_closed()]:
+                    del self._deadlines[closed]
+                deadlines = self._deadlines[loop] = _Deadlines(loop)
+        return deadlines
 
     def _encode(self, message: Message, what: str) -> bytes:
         try:
@@ -414,20 +758,86 @@ class Endpoint:
     def _send(self, message: Message) -> None:
         self._send_bytes(self._encode(message, str(message.TYPE)))
 
-    def _send_bytes(self, data: bytes, timeout: float | None = None) -> None:
-        self._raise_if_closed()
-        wait = self._send_timeout if timeout is None else min(timeout, self._send_timeout)
-        if not self._send_lock.acquire(timeout=wait):
-            raise CallTimeout(f"{self.name}: channel busy: no send slot within {wait:g}s")
-        try:
-            self._connection.send_bytes(data)
-        except (OSError, ValueError) as exc:
-            # A partial write (send timeout) corrupts the framing: the channel is dead either way.
-            self._mark_closed(SidecarCrashed(f"{self.name}: channel broken while sending: {exc}"))
-            self._wake_reader()
-            raise SidecarCrashed(f"{self.name}: channel broken while sending: {exc}") from exc
-        finally:
-            self._send_lock.release()
+    def _send_bytes(self, data: bytes, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Queue one message and write the queue unless another thread is writing it already.
+
+        On an event loop (``loop``) in a turn that woke callers, the write waits for the end of the
+        turn: the requests the woken tasks make go out with one system call. A thread that sends
+        meanwhile writes them along with its own, so a busy loop never holds up other senders."""
+        header, body = _frame(data)
+        with self._outbox_lock:
+            self._raise_if_closed()
+            self._outbox.append(header)
+            self._outbox.append(body)
+            if self._writing or (loop in self._corked and len(self._outbox) < _CORK_PARTS):
+                return
+            self._writing = True
+        self._write_outbox(block=False)
+
+    def _deliver_on(self, loop: asyncio.AbstractEventLoop, items: list[tuple[asyncio.Future[Any], Any, Any]]) -> None:
+        """On ``loop``: resolve the futures of a batch of replies; cork the loop's writes for this turn."""
+        self._corked.add(loop)
+        for future, value, error in items:
+            _deliver(future, value, error)
+        loop.call_soon(self._uncork, loop)  # runs after the steps of the tasks just woken
+
+    def _uncork(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._outbox_lock:
+            self._corked.discard(loop)
+            if self._writing or not self._outbox:
+                return
+            self._writing = True
+        with contextlib.suppress(SidecarCrashed):  # the channel broke: closing failed every pending request
+            self._write_outbox(block=False)
+
+    def _write_outbox(self, *, block: bool) -> None:
+        """Write until the outbox is empty. Without ``block``, what the socket will not take at once
+        goes to a writer thread (which blocks, bounded by the send timeout) so no caller waits here."""
+        while True:
+            with self._outbox_lock:
+                parts, self._outbox = self._outbox, []
+                if not parts or self._closed is not None:
+                    self._writing = False
+                    return
+            try:
+                rest = self._write(parts, block=block)
+            except OSError as exc:
+                problem = SidecarCrashed(f"{self.name}: channel broken while sending: {exc}")
+                with self._outbox_lock:
+                    self._writing = False
+                self._mark_closed(problem)
+                self._wake_reader()
+                if block:
+                    return
+                raise problem from exc
+            if rest:
+                with self._outbox_lock:
+                    self._outbox[:0] = rest
+                writer = threading.Thread(
+                    target=self._write_outbox, kwargs={"block": True}, name=f"{self.name}-writer", daemon=True
+                )
+                writer.start()
+                return
+
+    def _write(self, parts: list[Any], *, block: bool) -> list[Any]:
+        """Write ``parts`` in order; return what is left when the socket would block (never with ``block``).
+
+        A partial write is followed by the rest, so framing holds; a failed write (including the send
+        timeout running out) raises OSError, and the channel is dead either way."""
+        sock = self._socket
+        while parts:
+            chunk = parts[:_PARTS_PER_WRITE]
+            try:
+                if sock is None:
+                    sent = os.writev(self._fd, chunk)
+                else:
+                    sent = sock.sendmsg(chunk, (), 0 if block else _SEND_FLAGS)
+            except BlockingIOError:
+                if block:
+                    raise
+                return parts
+            parts = _after(parts, sent)
+        return parts
 
     def _send_quietly(self, message: Message) -> None:
         """Send a reply; if the channel is gone there is no one left to tell."""
@@ -436,28 +846,63 @@ class Endpoint:
         except SidecarError as exc:
             self._log.debug("reply not sent", reason=str(exc))
 
+    def _settle(self, pending: _Pending, value: Any = None, error: BaseException | None = None) -> None:
+        """Settle from the reader, at the end of the current batch."""
+        self._batch_settled.append((pending, value, error))
+
+    def _hand_over_batch(self) -> None:
+        """Wake the callers answered and start the calls received in the batch just read.
+
+        Done last, just before the reader blocks again (which hands back the GIL): a thread woken
+        earlier would find the GIL taken and sleep once more, and each wake costs microseconds.
+        Async callers are woken with one hand-off per event loop for the whole batch."""
+        settled, self._batch_settled = self._batch_settled, []
+        calls, self._batch_calls = self._batch_calls, []
+        per_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
+        for pending, value, error in settled:
+            if pending.loop is None:
+                pending.settle(value, error)
+            else:
+                per_loop.setdefault(pending.loop, []).append((pending.future, value, error))
+        for loop, items in per_loop.items():
+            with contextlib.suppress(RuntimeError):  # that caller's loop is closed: no one to tell
+                loop.call_soon_threadsafe(self._deliver_on, loop, items)
+        for message in calls:
+            try:
+                self._pool.submit(self._run_call, message)
+            except RuntimeError:  # pool shut down: we are closing
+                self._send_quietly(Error(id=message.id, error=SidecarUnavailable(f"{self.name} is closing")))
+
     # ----------------------------------------------------------------- reading
     def _read_loop(self) -> None:
         reason = "peer closed the channel"
+        frames = _FrameReader(self._fd, self._max_bytes)
         try:
             while True:
                 try:
-                    data = self._connection.recv_bytes(self._max_bytes)
-                except EOFError:
+                    batch = frames.batch()
+                except _ChannelEnded as exc:
+                    reason = str(exc)
                     break
-                except (OSError, ValueError) as exc:
+                except (OSError, ValueError, ProtocolError) as exc:
                     reason = f"channel failed while reading: {exc}"
                     break
-                self._handle_bytes(data)
+                for frame in batch:
+                    if isinstance(frame, _Oversized):
+                        self._oversized(frame)
+                    else:
+                        self._handle_bytes(frame)
+                self._hand_over_batch()
         finally:
+            self._hand_over_batch()
             if self._mark_closed(SidecarCrashed(f"{self.name}: {reason}")):
                 self._log.info("channel closed", reason=reason)
 
-    def _handle_bytes(self, data: bytes) -> None:
+    def _handle_bytes(self, data: bytes | bytearray | memoryview) -> None:
         try:
             raw = pickle.loads(data)
         except Exception as exc:
-            self._undecodable(data, exc)
+            self._undecodable(bytes(data), exc)
             return
         try:
             message = decode(raw)
@@ -479,31 +924,54 @@ class Endpoint:
         self._log.warning("malformed message", error=str(error), id=message_id)
         if message_id is None:
             return
-        future = self._pending.pop(message_id, None) if kind in (MessageType.RESULT, MessageType.ERROR) else None
-        if future is not None:
-            _settle(future, error=ProtocolError(f"{self.name}: malformed reply to {future.what}: {error}"))
+        pending = self._pending.pop(message_id, None) if kind in (MessageType.RESULT, MessageType.ERROR) else None
+        if pending is not None:
+            self._settle(pending, error=ProtocolError(f"{self.name}: malformed reply to {pending.what}: {error}"))
         elif kind in REQUEST_TYPES and not (kind == MessageType.SET and not raw.get("ack")):  # type: ignore[attr-defined]  # kind set means raw is a dict
             self._send_quietly(Error(id=message_id, error=error))
 
     def _undecodable(self, data: bytes, error: Exception) -> None:
-        found = _salvage(data)
-        self._log.warning("message could not be unpickled", error=repr(error), size=len(data), **found)
-        for message_id in found.get("ids", []):
-            future = self._pending.pop(message_id, None)
-            if future is not None:
-                remote = found.get("traceback", "")
-                _settle(
-                    future,
-                    error=RemoteError(
-                        "boss_sidecar.ProtocolError",
-                        f"reply to {future.what} could not be unpickled: {error!r}",
-                        remote,
-                    ),
+        """A message that does not unpickle here: answer what it was for from its structure.
+
+        Its structure loads with stand-ins for every class it names (nothing is imported or run),
+        which yields its id and type; an exception in it becomes a RemoteError with the remote
+        type name, message and traceback."""
+        raw = _load_structure(data)
+        message_id = id_of(raw)
+        kind = raw.get("type") if isinstance(raw, dict) and isinstance(raw.get("type"), str) else None
+        self._log.warning("message could not be unpickled", error=repr(error), size=len(data), id=message_id, type=kind)
+        if message_id is None or not isinstance(raw, dict):
+            return
+        pending = self._pending.pop(message_id, None) if kind in (MessageType.RESULT, MessageType.ERROR) else None
+        if pending is not None:
+            remote = raw.get("error")
+            if kind == MessageType.ERROR and isinstance(remote, _StandIn):
+                text = raw.get("traceback")
+                problem: BaseException = RemoteError(
+                    remote.qualified, remote.text(), text if isinstance(text, str) else ""
                 )
+            else:
+                problem = ProtocolError(f"{self.name}: reply to {pending.what} could not be unpickled here: {error!r}")
+                problem.__cause__ = error
+            self._settle(pending, error=problem)
+        elif kind in REQUEST_TYPES and not (kind == MessageType.SET and not raw.get("ack")):
+            problem = ProtocolError(f"{self.name}: request could not be unpickled here: {error!r}")
+            self._send_quietly(Error(id=message_id, error=problem))
+
+    def _oversized(self, frame: _Oversized) -> None:
+        """A message over our limit was read past: fail the call it answers, or refuse the request."""
+        found = _salvage(frame.start)
+        ids = found.get("ids", [])
+        self._log.warning("message over the size limit skipped", size=frame.size, limit=self._max_bytes, **found)
+        problem = f"{frame.size} bytes exceeds the limit of {self._max_bytes} bytes"
+        for message_id in ids:
+            pending = self._pending.pop(message_id, None)
+            if pending is not None:
+                self._settle(pending, error=MessageTooLarge(f"{self.name}: reply to {pending.what} of {problem}"))
                 return
-        if found.get("type") in REQUEST_TYPES - {MessageType.SET} and found.get("ids"):
-            problem = ProtocolError(f"{self.name}: request could not be unpickled: {error!r}")
-            self._send_quietly(Error(id=found["ids"][-1], error=problem))
+        # Our peers put the id first; a BOSS peer puts it last (out of reach), and raises on any error reply.
+        if ids and self.peer is not None and found.get("type") in REQUEST_TYPES - {MessageType.SET}:
+            self._send_quietly(Error(id=ids[0], error=MessageTooLarge(f"{self.name}: request of {problem}")))
 
     # ----------------------------------------------------------------- serving the peer
     def _lookup(self, name: str) -> Any:
@@ -524,11 +992,8 @@ class Endpoint:
         self._running[message.id] = (f"call {message.method!r}", time.monotonic(), message.timeout)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._run_call_on_loop, message)
-            return
-        try:
-            self._executor.submit(self._run_call, message)
-        except RuntimeError:  # executor shut down: we are closing
-            self._send_quietly(Error(id=message.id, error=SidecarUnavailable(f"{self.name} is closing")))
+        else:
+            self._batch_calls.append(message)  # started by _hand_over_batch
 
     def _run_call(self, message: Call) -> None:
         try:
@@ -577,7 +1042,12 @@ class Endpoint:
             try:
                 value = self._lookup(message.name)
             except Exception as exc:
-                self._reply_error(message.id, exc)
+                if self.peer is None:
+                    # A peer that never said hello is BOSS: it raises any error reply inside its receive
+                    # loop, which kills it, and BOSS itself answers a get it cannot serve with silence.
+                    self._log.warning("attribute read refused", name=message.name, error=str(exc))
+                else:
+                    self._reply_error(message.id, exc)
             else:
                 self._reply_result(message.id, value, f"get {message.name!r}")
 
@@ -609,19 +1079,19 @@ class Endpoint:
         self._serve(work)
 
     def _on_result(self, message: Result) -> None:
-        future = self._pending.pop(message.id, None)
-        if future is not None:
-            _settle(future, result=message.payload)
+        pending = self._pending.pop(message.id, None)
+        if pending is not None:
+            self._settle(pending, message.payload)
 
     def _on_error(self, message: Error) -> None:
-        future = self._pending.pop(message.id, None)
-        if future is None:
+        pending = self._pending.pop(message.id, None)
+        if pending is None:
             self._log.debug("error reply for no pending request", id=message.id)
             return
         error = message.error
         if message.traceback and not isinstance(error, RemoteError):
             error.add_note(f"--- remote traceback ({self.name}'s peer) ---\n{message.traceback.rstrip()}")
-        _settle(future, error=error)
+        self._settle(pending, error=error)
 
     def _on_hello(self, message: Hello) -> None:
         if message.version != PROTOCOL_VERSION:
@@ -634,9 +1104,9 @@ class Endpoint:
 
     def _on_pong(self, message: Pong) -> None:
         self.peer_overdue = message.overdue
-        future = self._pending.pop(message.id, None)
-        if future is not None:
-            _settle(future, result=time.monotonic() - message.sent)
+        pending = self._pending.pop(message.id, None)
+        if pending is not None:
+            self._settle(pending, time.monotonic() - message.sent)
 
     def _on_stop_request(self, message: Stop) -> None:
         handler = self._on_stop
@@ -665,11 +1135,31 @@ class Endpoint:
 
     def _reply_error(self, message_id: int, error: BaseException) -> None:
         text = "".join(traceback.format_exception(error))
-        self._send_quietly(Error(id=message_id, error=portable_error(error), traceback=text))
+        try:
+            self._send(Error(id=message_id, error=portable_error(error), traceback=text))
+        except (EncodeError, MessageTooLarge):
+            # Too big to travel (a huge message or traceback): send its gist rather than leave the caller waiting.
+            kind = type(error)
+            gist = RemoteError(f"{kind.__module__}.{kind.__qualname__}", str(error)[:4096], text[-16384:])
+            self._send_quietly(Error(id=message_id, error=gist, traceback=gist.traceback))
+        except SidecarError as exc:
+            self._log.debug("reply not sent", reason=str(exc))
 
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
+
+
+def _socket_of(fd: int) -> socket.socket | None:
+    """A socket object sharing the connection's socket, or None when it is no socket (an os.pipe)."""
+    duplicate = os.dup(fd)
+    try:
+        sock = socket.socket(fileno=duplicate)
+    except OSError:
+        os.close(duplicate)
+        return None
+    sock.settimeout(None)
+    return sock
 
 
 def _which_unpicklable(message: Message) -> str:
