@@ -1,0 +1,562 @@
+"""Endpoint: calls both ways, errors, timeouts, peer death, concurrency and limits.
+
+What users rely on is proven against a real child process (``peers/echo_peer.py``, a fresh
+interpreter on a private pipe); details of message handling use an in-process pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import pickle
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
+from subprocess import Popen
+from typing import Any
+
+import pytest
+
+from boss_sidecar.errors import (
+    CallTimeout,
+    EncodeError,
+    MessageTooLarge,
+    ProtocolError,
+    RemoteError,
+    SidecarCrashed,
+    SidecarError,
+    SidecarUnavailable,
+)
+from boss_sidecar.protocol import Call, new_id
+from boss_sidecar.rpc import Endpoint
+from peers import EXIT_TIMEOUT, spawned
+
+WAIT = 30.0  # the bound on every wait in these tests; passing runs take a small fraction of it
+
+
+@dataclass
+class ParentTarget:
+    """What the parent serves back to the child."""
+
+    blocked_event: threading.Event = field(default_factory=threading.Event)
+    events: list[Any] = field(default_factory=list)
+
+    def greet(self, name: str) -> str:
+        return f"hello {name}"
+
+    def blocked(self) -> None:
+        self.blocked_event.set()
+
+    def seen(self, item: Any) -> None:
+        self.events.append(item)
+
+
+@dataclass
+class Child:
+    endpoint: Endpoint
+    process: Popen[bytes]
+    target: ParentTarget
+
+    def wait_blocked(self) -> None:
+        """Wait until the child reports that a ``block`` call is running there."""
+        assert self.target.blocked_event.wait(WAIT), "the child never entered block()"
+        self.target.blocked_event.clear()
+
+
+@contextlib.contextmanager
+def _child(*peer_args: str, **options: Any) -> Iterator[Child]:
+    with spawned("echo_peer.py", *peer_args) as (connection, process):
+        target = ParentTarget()
+        endpoint = Endpoint(connection, target, name="parent", **options)
+        try:
+            endpoint.wait_peer(WAIT)
+            yield Child(endpoint, process, target)
+        finally:
+            endpoint.close()
+
+
+@pytest.fixture
+def child() -> Iterator[Child]:
+    with _child() as spawned_child:
+        yield spawned_child
+
+
+@pytest.fixture
+def background() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+    """Threads for calls that block; a test leaves none running."""
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        yield pool
+
+
+# ----------------------------------------------------------------- real child process
+
+
+def test_call_returns_the_child_result(child: Child) -> None:
+    """A call runs in the child and its result comes back."""
+    assert child.endpoint.call("add", 2, b=3) == 5
+    assert child.endpoint.call("echo", {"nested": [1, (2, 3)]}) == {"nested": [1, (2, 3)]}
+
+
+def test_hello_names_the_child_process(child: Child) -> None:
+    """The peer's hello carries its pid and name."""
+    assert child.endpoint.peer is not None
+    assert child.endpoint.peer.pid == child.process.pid
+    assert child.endpoint.peer.name == "echo-peer"
+
+
+def test_child_calls_back_into_the_parent_during_a_call(child: Child) -> None:
+    """The channel is symmetric: the child calls the parent's object while the parent waits on it."""
+    assert child.endpoint.call("call_back", "greet", "world") == "hello world"
+
+
+def test_attribute_get_and_set(child: Child) -> None:
+    """Attribute reads and writes reach the child's object, acknowledged or not."""
+    assert child.endpoint.get_attribute("value") == 1
+    child.endpoint.set_attribute("value", 5)
+    assert child.endpoint.get_attribute("value") == 5
+    child.endpoint.set_attribute_nowait("value", 7)
+    assert child.endpoint.get_attribute("value") == 7
+
+
+def test_remote_exception_is_reraised_as_itself_with_remote_traceback(child: Child) -> None:
+    """An exception that pickles arrives as itself, with the child's traceback in its notes."""
+    with pytest.raises(ValueError) as caught:
+        child.endpoint.call("raise_builtin", "boom")
+    assert caught.value.args == ("boom",)
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "remote traceback" in notes
+    assert "raise_builtin" in notes
+    assert "echo_peer.py" in notes
+
+
+def test_exception_that_cannot_be_rebuilt_arrives_as_remote_error(child: Child) -> None:
+    """An exception whose pickle does not load becomes RemoteError with type, message and traceback."""
+    with pytest.raises(RemoteError) as caught:
+        child.endpoint.call("raise_stubborn", 7, "stubborn")
+    error = caught.value
+    assert error.type_name.endswith("Stubborn")
+    assert error.message == "7: stubborn"
+    assert "raise_stubborn" in error.traceback
+
+
+def test_exception_class_unknown_to_the_parent_arrives_as_remote_error(child: Child) -> None:
+    """An exception whose class exists only in the child becomes RemoteError with type, message and traceback."""
+    with pytest.raises(RemoteError) as caught:
+        child.endpoint.call("raise_child_only", "only here")
+    error = caught.value
+    assert error.type_name.endswith("ChildOnly")
+    assert error.message == "only here"
+    assert "raise_child_only" in error.traceback
+    assert child.endpoint.call("echo", 1) == 1
+
+
+def test_unpicklable_argument_raises_encode_error_naming_it(child: Child) -> None:
+    """Nothing is sent; the error names the argument; the channel stays usable."""
+    with pytest.raises(EncodeError, match=r"argument 1 \(lock\)"):
+        child.endpoint.call("add", 1, threading.Lock())
+    with pytest.raises(EncodeError, match=r"keyword argument 'b' \(function\)"):
+        child.endpoint.call("add", 1, b=lambda: 2)
+    with pytest.raises(EncodeError, match=r"value for 'value'"):
+        child.endpoint.set_attribute("value", threading.Lock())
+    assert child.endpoint.pending_count == 0
+    assert child.endpoint.call("add", 1, 2) == 3
+
+
+def test_unpicklable_result_raises_encode_error(child: Child) -> None:
+    """The child cannot send its result; the caller gets EncodeError naming the result, not a hang."""
+    with pytest.raises(EncodeError, match="result of call 'unpicklable_result'"):
+        child.endpoint.call("unpicklable_result")
+    assert child.endpoint.call("echo", "still fine") == "still fine"
+
+
+@pytest.mark.parametrize("name", ["_secret", "__class__", "__init__", "os.path", "echo.__globals__", "no such"])
+def test_private_dunder_and_dotted_names_are_refused(child: Child, name: str) -> None:
+    """Only public attribute names of the served object are reachable, for calls, gets and sets."""
+    with pytest.raises(AttributeError):
+        child.endpoint.call(name)
+    with pytest.raises(AttributeError):
+        child.endpoint.get_attribute(name)
+    with pytest.raises(AttributeError):
+        child.endpoint.set_attribute(name, 1)
+    assert child.endpoint.get_attribute("value") == 1
+
+
+def test_child_is_refused_private_names_of_the_parent(child: Child) -> None:
+    """The parent's served object is guarded the same way."""
+    with pytest.raises(AttributeError, match="not exposed"):
+        child.endpoint.call("call_back", "_private")
+
+
+def test_call_without_answer_raises_call_timeout(child: Child, background: Any) -> None:
+    """A call that gets no answer in time raises CallTimeout; the late answer is dropped."""
+    with pytest.raises(CallTimeout, match=r"call 'block' got no answer within 0\.2s"):
+        child.endpoint.call("block", timeout=0.2)
+    assert child.endpoint.pending_count == 0
+    child.endpoint.call("release")
+    assert child.endpoint.call("echo", "after") == "after"
+
+
+def test_async_call_without_answer_raises_call_timeout(child: Child) -> None:
+    """acall honours its timeout the same way."""
+
+    async def main() -> None:
+        with pytest.raises(CallTimeout):
+            await child.endpoint.acall("block", timeout=0.2)
+        assert child.endpoint.pending_count == 0
+        await child.endpoint.acall("release")
+        assert await child.endpoint.acall("echo", 3) == 3
+
+    asyncio.run(main())
+
+
+def test_slow_method_blocks_neither_other_calls_nor_ping(child: Child, background: Any) -> None:
+    """While one served call waits, the child still answers calls, attribute reads and heartbeats."""
+    slow = background.submit(child.endpoint.call, "block", timeout=WAIT)
+    child.wait_blocked()
+    assert child.endpoint.call("echo", 2) == 2
+    assert child.endpoint.get_attribute("value") == 1
+    assert child.endpoint.ping() >= 0
+    assert not slow.done()
+    child.endpoint.call("release")
+    assert slow.result(WAIT) is True
+
+
+def test_peer_killed_mid_call_fails_the_call_and_later_ones(child: Child, background: Any) -> None:
+    """SIGKILL of the child fails the blocked call with SidecarCrashed, not a timeout; later calls fail at once."""
+    blocked = background.submit(child.endpoint.call, "block", timeout=10 * WAIT)
+    child.wait_blocked()
+    child.process.send_signal(signal.SIGKILL)
+    with pytest.raises(SidecarCrashed):
+        blocked.result(WAIT)
+    assert child.endpoint.closed.wait(WAIT)
+    with pytest.raises(SidecarCrashed):
+        child.endpoint.call("echo", 1, timeout=10 * WAIT)
+    assert child.process.wait(EXIT_TIMEOUT) == -signal.SIGKILL
+
+
+def test_thousand_concurrent_calls_from_threads_each_get_their_own_answer(child: Child) -> None:
+    """1000 threads call at once; every one gets the answer to its own call."""
+    count = 1000
+    results: dict[int, Any] = {}
+    start = threading.Barrier(count, timeout=WAIT)
+
+    def one(index: int) -> None:
+        start.wait()
+        results[index] = child.endpoint.call("echo", index, timeout=WAIT)
+
+    threads = [threading.Thread(target=one, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    assert results == {index: index for index in range(count)}
+    assert child.endpoint.pending_count == 0
+
+
+def test_thousand_concurrent_calls_from_asyncio_tasks_each_get_their_own_answer(child: Child) -> None:
+    """1000 tasks await acall at once; every one gets the answer to its own call."""
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(child.endpoint.acall("echo", index, timeout=WAIT) for index in range(1000)))
+
+    assert asyncio.run(main()) == list(range(1000))
+    assert child.endpoint.pending_count == 0
+
+
+def test_async_attribute_access(child: Child) -> None:
+    """The awaitable get and set reach the child's object."""
+
+    async def main() -> Any:
+        await child.endpoint.aset_attribute("value", 11)
+        return await child.endpoint.aget_attribute("value")
+
+    assert asyncio.run(main()) == 11
+
+
+def test_close_is_idempotent_ends_the_reader_and_the_child(child: Child) -> None:
+    """close() twice is fine; the reader thread ends; later calls raise SidecarUnavailable; the child exits."""
+    child.endpoint.close()
+    child.endpoint.close("again")
+    readers = [thread for thread in threading.enumerate() if thread.name == "parent-reader"]
+    for thread in readers:
+        thread.join(WAIT)
+    assert not any(thread.is_alive() for thread in readers)
+    assert child.endpoint.is_closed
+    with pytest.raises(SidecarUnavailable):
+        child.endpoint.call("echo", 1)
+    assert child.process.wait(EXIT_TIMEOUT) == 0
+
+
+def test_close_fails_calls_in_flight_with_sidecar_unavailable(child: Child, background: Any) -> None:
+    """Closing our end fails a waiting call at once instead of letting it time out."""
+    blocked = background.submit(child.endpoint.call, "block", timeout=10 * WAIT)
+    child.wait_blocked()
+    child.endpoint.close()
+    with pytest.raises(SidecarUnavailable, match="during call 'block'"):
+        blocked.result(WAIT)
+
+
+def test_oversized_argument_raises_message_too_large_and_channel_stays_usable() -> None:
+    """A call bigger than max_message_bytes is refused before sending; the next call works."""
+    with _child(max_message_bytes=4096) as small:
+        with pytest.raises(MessageTooLarge, match="exceeds the limit of 4096 bytes"):
+            small.endpoint.call("echo", "x" * 10_000)
+        assert small.endpoint.pending_count == 0
+        assert small.endpoint.call("echo", "ok") == "ok"
+
+
+def test_oversized_result_raises_message_too_large_and_channel_stays_usable() -> None:
+    """A result bigger than the child's limit is refused there and reported to the caller."""
+    with _child("--max-bytes", "4096") as small:
+        with pytest.raises(MessageTooLarge, match="result of call 'make'"):
+            small.endpoint.call("make", 10_000)
+        assert small.endpoint.call("make", 10) == b"x" * 10
+
+
+def test_oversized_incoming_reply_fails_only_its_call() -> None:
+    """A reply bigger than our own limit is skipped and its call fails; the channel lives on."""
+    with _child(max_message_bytes=4096) as small:
+        with pytest.raises(MessageTooLarge, match="reply to call 'make'"):
+            small.endpoint.call("make", 10_000)
+        assert small.endpoint.call("make", 10) == b"x" * 10
+
+
+def test_large_messages_arrive_whole_both_ways(child: Child) -> None:
+    """Messages far bigger than the socket buffer are written in parts and read back whole."""
+    payload = bytes(range(256)) * 20_000  # 5 MB
+    assert child.endpoint.call("echo", payload) == payload
+
+
+def test_concurrent_large_and_small_messages_keep_their_framing(child: Child) -> None:
+    """Big and small messages from many threads interleave without corrupting each other."""
+    payloads = [bytes([index]) * (1_000_000 if index % 2 else 10) for index in range(16)]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda payload: child.endpoint.call("echo", payload, timeout=WAIT), payloads))
+    assert results == payloads
+
+
+def test_notify_events_run_in_order(child: Child) -> None:
+    """One-way events run in the order they were sent, before a call sent after them."""
+    for index in range(500):
+        child.endpoint.notify("record", index)
+    assert child.endpoint.call("recorded") == list(range(500))
+
+
+# ----------------------------------------------------------------- in-process pipe
+
+
+class Served:
+    """A small object for the in-process tests."""
+
+    value = 1
+
+    def echo(self, value: Any = None) -> Any:
+        return value
+
+    async def later(self, value: Any) -> Any:
+        await asyncio.sleep(0)
+        return value
+
+
+def _receive(connection: Connection) -> Any:
+    """The next message on a raw connection, waiting at most WAIT."""
+    assert connection.poll(WAIT), "no message arrived"
+    return connection.recv()
+
+
+def _receive_reply(connection: Connection, message_id: int) -> dict[str, Any]:
+    """The reply with ``message_id``, skipping anything else the endpoint sends."""
+    while True:
+        message = _receive(connection)
+        if message.get("id") == message_id and message.get("type") in ("r", "e"):
+            return message  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def raw_peer() -> Iterator[tuple[Connection, Endpoint]]:
+    """An Endpoint serving ``Served`` and the raw other end of its pipe (its hello already read)."""
+    ours, theirs = Pipe()
+    endpoint = Endpoint(theirs, Served(), name="served")
+    try:
+        assert _receive(ours)["type"] == "hello"
+        yield ours, endpoint
+    finally:
+        endpoint.close()
+        ours.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Endpoint, Endpoint]]:
+    """Two endpoints on the two ends of one in-process pipe."""
+    left_end, right_end = Pipe()
+    left = Endpoint(left_end, Served(), name="left")
+    right = Endpoint(right_end, Served(), name="right")
+    try:
+        yield left, right
+    finally:
+        left.close()
+        right.close()
+
+
+def test_ping_measures_a_round_trip(pair: tuple[Endpoint, Endpoint]) -> None:
+    """ping returns the round trip in seconds."""
+    left, _ = pair
+    assert left.ping(timeout=WAIT) >= 0
+
+
+def test_timeouts_beyond_what_a_lock_can_wait_mean_no_limit(pair: tuple[Endpoint, Endpoint]) -> None:
+    """An infinite or enormous timeout waits without limit instead of overflowing."""
+    left, _ = pair
+    assert left.call("echo", 1, timeout=float("inf")) == 1
+    assert left.call("echo", 2, timeout=1e300) == 2
+
+    async def main() -> Any:
+        return await left.acall("echo", 3, timeout=1e300)
+
+    assert asyncio.run(main()) == 3
+
+
+def test_wait_peer_returns_the_hello(pair: tuple[Endpoint, Endpoint]) -> None:
+    """Each endpoint greets the other first thing."""
+    left, right = pair
+    assert left.wait_peer(WAIT).name == "right"
+    assert right.wait_peer(WAIT).name == "left"
+
+
+def test_async_method_of_the_served_object_is_awaited(pair: tuple[Endpoint, Endpoint]) -> None:
+    """A coroutine method is run to completion and its value returned."""
+    left, _ = pair
+    assert left.call("later", 4) == 4
+
+
+def test_unknown_message_type_is_ignored(raw_peer: tuple[Connection, Endpoint]) -> None:
+    """A type the endpoint does not know is dropped silently, as BOSS does."""
+    raw, endpoint = raw_peer
+    raw.send({"id": 1, "type": "batch", "items": []})
+    raw.send(Call(id=2, method="echo", args=(5,)).to_wire())
+    assert _receive_reply(raw, 2) == {"id": 2, "type": "r", "payload": 5}
+    assert not endpoint.is_closed
+
+
+def test_malformed_request_is_answered_with_protocol_error(raw_peer: tuple[Connection, Endpoint]) -> None:
+    """A request with a usable id but a bad field gets an error reply naming the field."""
+    raw, _ = raw_peer
+    raw.send({"id": 3, "type": "c", "method": 7, "args": (), "kwargs": {}})
+    reply = _receive_reply(raw, 3)
+    assert reply["type"] == "e"
+    assert isinstance(reply["error"], ProtocolError)
+    assert "'method' must be a str" in str(reply["error"])
+
+
+def test_malformed_reply_fails_its_call_with_protocol_error(raw_peer: tuple[Connection, Endpoint]) -> None:
+    """A reply that breaks the format fails the call it answers instead of leaving it to time out."""
+    raw, endpoint = raw_peer
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        calling = pool.submit(endpoint.call, "anything", timeout=WAIT)
+        request = _receive(raw)
+        raw.send({"id": request["id"], "type": "e", "error": "not an exception"})
+        with pytest.raises(ProtocolError, match="malformed reply to call 'anything'"):
+            calling.result(WAIT)
+
+
+def test_garbage_bytes_are_survived(raw_peer: tuple[Connection, Endpoint]) -> None:
+    """Bytes that are no pickle are logged and dropped; the endpoint keeps serving."""
+    raw, _ = raw_peer
+    raw.send_bytes(b"\x00not a pickle")
+    raw.send_bytes(pickle.dumps(["a", "list"]))
+    raw.send(Call(id=4, method="echo", args=("ok",)).to_wire())
+    assert _receive_reply(raw, 4)["payload"] == "ok"
+
+
+def test_unacknowledged_set_gets_no_reply(raw_peer: tuple[Connection, Endpoint]) -> None:
+    """A BOSS-style set (no ack) is applied and not answered."""
+    raw, _ = raw_peer
+    raw.send({"id": 5, "type": "s", "name": "value", "value": 9})
+    raw.send({"id": 6, "type": "g", "name": "value"})
+    assert _receive(raw) == {"id": 6, "type": "r", "payload": 9}
+
+
+def test_peer_that_stops_reading_cannot_block_a_caller_past_its_timeout() -> None:
+    """A call to a peer that reads nothing times out on time; the stuck write then breaks the channel."""
+    ours, theirs = Pipe()
+    endpoint = Endpoint(theirs, name="stuck", send_timeout=0.5)
+    try:
+        with pytest.raises(CallTimeout):
+            endpoint.call("echo", b"x" * 20_000_000, timeout=0.2)
+        assert endpoint.closed.wait(WAIT)
+        with pytest.raises(SidecarCrashed, match="channel broken while sending"):
+            endpoint.call("echo", 1)
+    finally:
+        endpoint.close()
+        ours.close()
+
+
+def test_stop_request_runs_the_handler_and_is_acknowledged() -> None:
+    """request_stop returns once the peer's on_stop handler ran."""
+    left_end, right_end = Pipe()
+    reasons: list[str] = []
+    left = Endpoint(left_end, name="left")
+    right = Endpoint(right_end, name="right", on_stop=reasons.append)
+    try:
+        left.request_stop("enough", timeout=WAIT)
+        assert reasons == ["enough"]
+        assert right.stop_acknowledged.wait(WAIT)
+    finally:
+        left.close()
+        right.close()
+
+
+def test_stop_request_is_refused_without_a_handler(pair: tuple[Endpoint, Endpoint]) -> None:
+    """An endpoint without on_stop answers a stop request with an error."""
+    left, _ = pair
+    with pytest.raises(SidecarError, match="does not accept stop requests"):
+        left.request_stop(timeout=WAIT)
+
+
+def test_on_close_runs_once_when_the_peer_goes_away() -> None:
+    """The peer closing its end fails nothing pending and calls on_close once with SidecarCrashed."""
+    left_end, right_end = Pipe()
+    seen: list[SidecarError] = []
+    left = Endpoint(left_end, name="left", on_close=seen.append)
+    right = Endpoint(right_end, name="right")
+    right.close()
+    assert left.closed.wait(WAIT)
+    left.close()
+    assert len(seen) == 1
+    assert isinstance(seen[0], SidecarCrashed)
+
+
+def test_endpoint_without_target_refuses_calls(pair: tuple[Endpoint, Endpoint]) -> None:
+    """An endpoint that serves nothing answers every call with AttributeError."""
+    ours, theirs = Pipe()
+    caller = Endpoint(ours, name="caller")
+    silent = Endpoint(theirs, name="silent")
+    try:
+        with pytest.raises(AttributeError, match="serves no object"):
+            caller.call("echo", 1, timeout=WAIT)
+    finally:
+        caller.close()
+        silent.close()
+
+
+def test_remote_timeout_error_is_not_mistaken_for_our_timeout(pair: tuple[Endpoint, Endpoint]) -> None:
+    """A TimeoutError raised by the served method arrives as itself, not as CallTimeout."""
+    left, right = pair
+    right._target = _RaisesTimeout()
+    with pytest.raises(TimeoutError, match="remote") as caught:
+        left.call("wait", timeout=WAIT)
+    assert not isinstance(caught.value, CallTimeout)
+
+
+class _RaisesTimeout:
+    def wait(self) -> None:
+        raise TimeoutError("remote")
+
+
+def test_ids_of_our_requests_are_unique() -> None:
+    """Ids never repeat within a process, so replies cannot be misrouted."""
+    assert len({new_id() for _ in range(1000)}) == 1000
