@@ -1,0 +1,235 @@
+"""Round-trip latency and pipelined throughput of Endpoint against a raw multiprocessing pipe.
+
+One run measures everything against spawned child processes (fresh interpreters, each channel
+passed as an inherited file descriptor): a raw child that echoes what it receives, and a child
+that serves a no-op method through an Endpoint. Both stay up for the whole run and the kinds
+are measured in turns, round after round, so a machine that speeds up or slows down mid-run
+(a virtual machine's CPUs do) affects each kind alike.
+
+- round trip: one request at a time, p50 and p99 over all rounds: raw ``Connection.send`` and
+  ``recv`` of the very dict an Endpoint call sends, ``Endpoint.call`` and ``Endpoint.acall``;
+- pipelined: many requests in flight, calls/s (median over rounds): raw (one thread keeps the
+  window full: the best a bare pipe does), Endpoint with that many threads, and with that many
+  asyncio tasks;
+- ratios endpoint/raw (throughput ratios are medians of the per-round ratios).
+
+Goals: round trip p50 ratio <= 1.5; throughput ratio >= 0.5.
+
+Usage: python scripts/bench_rpc.py [--rounds N] [--calls N] [--pipelined N] [--in-flight N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from typing import Any
+
+from boss_sidecar.protocol import Call
+from boss_sidecar.rpc import Endpoint
+
+_BOUND = 30.0  # no wait here is longer
+
+
+class _Served:
+    """What the endpoint child serves."""
+
+    def noop(self) -> None:
+        """Do nothing: the call measures the channel alone."""
+
+
+def _child(mode: str, fd: int) -> None:
+    """Child side: echo raw messages, or serve ``_Served`` through an Endpoint, until the parent hangs up."""
+    connection = Connection(fd)
+    if mode == "raw":
+        with contextlib.suppress(EOFError, OSError):
+            while True:
+                connection.send(connection.recv())
+        return
+    endpoint = Endpoint(connection, _Served(), name="bench-child", max_workers=64)
+    endpoint.closed.wait(600)
+
+
+@contextlib.contextmanager
+def _spawned(mode: str) -> Iterator[Connection]:
+    """A child process in ``mode`` and our end of its channel; the child is reaped on exit."""
+    ours, theirs = multiprocessing.Pipe()
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--child", mode, str(theirs.fileno())],
+        pass_fds=[theirs.fileno()],
+        stdout=subprocess.DEVNULL,  # the child's log lines would mix with the figures
+    )
+    theirs.close()
+    try:
+        yield ours
+    finally:
+        ours.close()
+        try:
+            child.wait(_BOUND)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(_BOUND)
+
+
+def _raw_message() -> dict[str, Any]:
+    """The very dict an Endpoint sends for ``call("noop")``."""
+    return Call(id=1, method="noop", args=(), kwargs={}, timeout=60.0).to_wire()
+
+
+def _timed(count: int, one: Callable[[], Any]) -> list[float]:
+    samples = []
+    clock = time.perf_counter
+    for _ in range(count):
+        start = clock()
+        one()
+        samples.append(clock() - start)
+    return samples
+
+
+def _timed_async(loop: asyncio.AbstractEventLoop, count: int, endpoint: Endpoint) -> list[float]:
+    async def run() -> list[float]:
+        samples = []
+        clock = time.perf_counter
+        for _ in range(count):
+            start = clock()
+            await endpoint.acall("noop")
+            samples.append(clock() - start)
+        return samples
+
+    return loop.run_until_complete(run())
+
+
+def _raw_rate(connection: Connection, calls: int, in_flight: int) -> float:
+    """One thread keeps ``in_flight`` messages outstanding: the best a bare pipe does."""
+    message = _raw_message()
+    window = min(in_flight, calls)
+    start = time.perf_counter()
+    for _ in range(window):
+        connection.send(message)
+    for sent in range(window, calls + window):
+        connection.recv()
+        if sent < calls:
+            connection.send(message)
+    return calls / (time.perf_counter() - start)
+
+
+def _shares(calls: int, parts: int) -> list[int]:
+    share, extra = divmod(calls, parts)
+    return [share + (1 if index < extra else 0) for index in range(parts)]
+
+
+def _thread_rate(endpoint: Endpoint, calls: int, in_flight: int) -> float:
+    counts = _shares(calls, in_flight)
+    ready = threading.Barrier(in_flight + 1, timeout=_BOUND)
+
+    def worker(count: int) -> None:
+        ready.wait()
+        for _ in range(count):
+            endpoint.call("noop")
+
+    threads = [threading.Thread(target=worker, args=(count,)) for count in counts]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join(_BOUND)
+    return calls / (time.perf_counter() - start)
+
+
+def _task_rate(loop: asyncio.AbstractEventLoop, endpoint: Endpoint, calls: int, in_flight: int) -> float:
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            await endpoint.acall("noop")
+
+    async def run() -> float:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(count) for count in _shares(calls, in_flight)))
+        return calls / (time.perf_counter() - start)
+
+    return loop.run_until_complete(run())
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    """p50 and p99 in microseconds."""
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return cuts[49] * 1e6, cuts[98] * 1e6
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of turns (default 10)")
+    parser.add_argument("--calls", type=int, default=500, help="round trips per kind per round (default 500)")
+    parser.add_argument("--pipelined", type=int, default=5000, help="calls per kind per round (default 5000)")
+    parser.add_argument("--in-flight", type=int, default=64, help="threads or tasks in flight at once (default 64)")
+    parser.add_argument("--quick", action="store_true", help="tiny counts, for a smoke test")
+    parser.add_argument("--child", nargs=2, metavar=("MODE", "FD"), help=argparse.SUPPRESS)
+    options = parser.parse_args(argv)
+    if options.child:
+        _child(options.child[0], int(options.child[1]))
+        return
+    if options.quick:
+        options.rounds, options.calls, options.pipelined, options.in_flight = 2, 50, 200, 8
+
+    latency: dict[str, list[float]] = {"raw": [], "call": [], "acall": []}
+    rates: dict[str, list[float]] = {"raw": [], "threads": [], "tasks": []}
+    loop = asyncio.new_event_loop()
+    with _spawned("raw") as raw, _spawned("endpoint") as connection:
+        endpoint = Endpoint(connection, name="bench", max_workers=max(32, options.in_flight))
+        try:
+            endpoint.wait_peer(_BOUND)
+            message = _raw_message()
+
+            def raw_round_trip() -> None:
+                raw.send(message)
+                raw.recv()
+
+            for _ in range(options.rounds):
+                latency["raw"] += _timed(options.calls, raw_round_trip)
+                latency["call"] += _timed(options.calls, lambda: endpoint.call("noop"))
+                latency["acall"] += _timed_async(loop, options.calls, endpoint)
+            for _ in range(options.rounds):
+                rates["raw"].append(_raw_rate(raw, options.pipelined, options.in_flight))
+                rates["threads"].append(_thread_rate(endpoint, options.pipelined, options.in_flight))
+                rates["tasks"].append(_task_rate(loop, endpoint, options.pipelined, options.in_flight))
+        finally:
+            endpoint.close()
+            loop.close()
+
+    figures = {kind: _percentiles(samples) for kind, samples in latency.items()}
+    total = options.rounds * options.calls
+    print(f"round trip, {total} calls each, {options.rounds} rounds (microseconds)   p50       p99")
+    for kind, label in (("raw", "raw pipe"), ("call", "Endpoint.call"), ("acall", "Endpoint.acall")):
+        p50, p99 = figures[kind]
+        print(f"  {label:<52}{p50:>8.1f}  {p99:>8.1f}")
+    print(
+        f"pipelined, {options.pipelined} calls x {options.rounds} rounds, {options.in_flight} in flight"
+        " (calls/s, median)"
+    )
+    for kind, label in (
+        ("raw", "raw pipe (one thread, window full)"),
+        ("threads", f"Endpoint.call, {options.in_flight} threads"),
+        ("tasks", f"Endpoint.acall, {options.in_flight} tasks"),
+    ):
+        print(f"  {label:<52}{statistics.median(rates[kind]):>10.0f}")
+
+    def rate_ratio(kind: str) -> float:
+        return statistics.median(mine / raw for mine, raw in zip(rates[kind], rates["raw"], strict=True))
+
+    print("ratios endpoint/raw (goals: round trip p50 <= 1.5, throughput >= 0.5)")
+    print(f"  ratio round trip p50 call:  {figures['call'][0] / figures['raw'][0]:.2f}")
+    print(f"  ratio round trip p50 acall: {figures['acall'][0] / figures['raw'][0]:.2f}")
+    print(f"  ratio throughput threads:   {rate_ratio('threads'):.2f}")
+    print(f"  ratio throughput tasks:     {rate_ratio('tasks'):.2f}")
+
+
+if __name__ == "__main__":
+    main()
