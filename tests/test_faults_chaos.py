@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from peers.fault_chaos import ChaosSettings, run_chaos
 
-CI_SETTINGS = ChaosSettings(kills=8, threads=3, tasks=3, seed=20261124)
+CI_SETTINGS = ChaosSettings(kills=12, threads=3, tasks=3, seed=20261124)
 """CI-sized; ``scripts/chaos.py`` runs the same with many more kills."""
 
 
