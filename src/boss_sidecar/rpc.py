@@ -83,21 +83,22 @@ _PARTS_PER_WRITE = 512  # buffers per sendmsg/writev call (IOV_MAX is 1024 on Li
 _SEND_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)
 _CORK_PARTS = 32  # a loop's corked requests are written once this many frame parts wait (16 messages)
 _SETTLING_GRACE = 5.0  # a reply being delivered as the caller times out arrives within this
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes, tuple, list, dict})  # results never awaitable
 
 
 # ----------------------------------------------------------------- pending requests
 class _Pending:
-    """A request waiting for its reply; ``what`` names it in error messages.
+    """A request waiting for its reply; ``what`` names it in error messages (made only when needed).
 
     Whoever takes it out of the endpoint's table (the reader with the reply, the caller on
     timeout, closing) settles it, so it is settled exactly once without a lock of its own.
     A sync caller blocks on ``_ready``; an async caller awaits ``future`` on its loop.
     """
 
-    __slots__ = ("_error", "_ready", "_value", "future", "loop", "what")
+    __slots__ = ("_error", "_ready", "_value", "future", "loop", "request")
 
-    def __init__(self, what: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self.what = what
+    def __init__(self, request: Message, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.request = request
         self.loop = loop
         self._value: Any = None
         self._error: BaseException | None = None
@@ -124,6 +125,19 @@ class _Pending:
         if self._error is not None:
             raise self._error
         return self._value
+
+    @property
+    def what(self) -> str:
+        return _describe(self.request)
+
+
+def _describe(message: Message) -> str:
+    """How error messages name a request: ``call 'method'``, ``get 'name'``, ``ping``, ..."""
+    if isinstance(message, Call | Event):
+        return f"{'call' if isinstance(message, Call) else 'event'} {message.method!r}"
+    if isinstance(message, GetAttribute | SetAttribute):
+        return f"{'get' if isinstance(message, GetAttribute) else 'set'} {message.name!r}"
+    return str(message.TYPE._value_)
 
 
 def _deliver(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -499,7 +513,7 @@ class Endpoint:
         self.peer: Hello | None = None
         self.peer_overdue: list[str] = []
         """What the peer's last pong reported as overdue: calls running long after their timeout."""
-        self._running: dict[int, tuple[str, float, float | None]] = {}
+        self._running: dict[int, tuple[Call, float]] = {}  # served calls and when they arrived
         self._overdue_grace = overdue_grace
         self.peer_ready = threading.Event()
         self.stop_acknowledged = threading.Event()
@@ -563,9 +577,9 @@ class Endpoint:
         """Served calls running (or queued) well past the timeout their caller gave them."""
         now = time.monotonic()
         return [
-            f"{what} running {now - started:.1f}s, past its {timeout:g}s timeout"
-            for what, started, timeout in list(self._running.values())
-            if timeout is not None and now - started > timeout + self._overdue_grace
+            f"{_describe(call)} running {now - started:.1f}s, past its {call.timeout:g}s timeout"
+            for call, started in list(self._running.values())
+            if call.timeout is not None and now - started > call.timeout + self._overdue_grace
         ]
 
     def _mark_closed(self, error: SidecarError) -> bool:
@@ -631,17 +645,17 @@ class Endpoint:
         """``call`` with explicit args and kwargs, for methods that take a ``timeout`` of their own."""
         seconds = self._timeout(timeout)
         message = Call(id=new_id(), method=method, args=tuple(args), kwargs=kwargs or {}, timeout=seconds)
-        return self._round_trip(message, f"call {method!r}", seconds)
+        return self._round_trip(message, seconds)
 
     def get_attribute(self, name: str, timeout: float | None = None) -> Any:
         """Read attribute ``name`` of the peer's object."""
         message = GetAttribute(id=new_id(), name=name)
-        return self._round_trip(message, f"get {name!r}", self._timeout(timeout))
+        return self._round_trip(message, self._timeout(timeout))
 
     def set_attribute(self, name: str, value: Any, timeout: float | None = None) -> None:
         """Write attribute ``name`` of the peer's object and wait for its acknowledgement."""
         message = SetAttribute(id=new_id(), name=name, value=value, ack=True)
-        self._round_trip(message, f"set {name!r}", self._timeout(timeout))
+        self._round_trip(message, self._timeout(timeout))
 
     async def acall(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Awaitable ``call``."""
@@ -658,17 +672,17 @@ class Endpoint:
         """Awaitable ``request``."""
         seconds = self._timeout(timeout)
         message = Call(id=new_id(), method=method, args=tuple(args), kwargs=kwargs or {}, timeout=seconds)
-        return await self._async_round_trip(message, f"call {method!r}", seconds)
+        return await self._async_round_trip(message, seconds)
 
     async def aget_attribute(self, name: str, timeout: float | None = None) -> Any:
         """Awaitable ``get_attribute``."""
         message = GetAttribute(id=new_id(), name=name)
-        return await self._async_round_trip(message, f"get {name!r}", self._timeout(timeout))
+        return await self._async_round_trip(message, self._timeout(timeout))
 
     async def aset_attribute(self, name: str, value: Any, timeout: float | None = None) -> None:
         """Awaitable ``set_attribute``."""
         message = SetAttribute(id=new_id(), name=name, value=value, ack=True)
-        await self._async_round_trip(message, f"set {name!r}", self._timeout(timeout))
+        await self._async_round_trip(message, self._timeout(timeout))
 
     def notify(self, method: str, *args: Any, **kwargs: Any) -> None:
         """One-way call: the peer runs ``method`` in arrival order; no reply, errors logged there."""
@@ -681,12 +695,12 @@ class Endpoint:
     def ping(self, timeout: float | None = None) -> float:
         """Heartbeat: the round trip in seconds, answered by the peer's reader thread."""
         message = Ping(id=new_id(), sent=time.monotonic())
-        return float(self._round_trip(message, "ping", self._timeout(timeout)))
+        return float(self._round_trip(message, self._timeout(timeout)))
 
     def request_stop(self, reason: str = "stop requested", timeout: float | None = None) -> None:
         """Ask the peer to release what it holds and exit; returns when it acknowledged."""
         message = Stop(id=new_id(), reason=reason)
-        self._round_trip(message, "stop", self._timeout(timeout))
+        self._round_trip(message, self._timeout(timeout))
 
     # ----------------------------------------------------------------- the shared core
     def _timeout(self, timeout: float | None) -> float | None:
@@ -694,10 +708,10 @@ class Endpoint:
         value = self._default_timeout if timeout is None else timeout
         return None if value > threading.TIMEOUT_MAX else value
 
-    def _begin(self, message: Message, what: str, loop: asyncio.AbstractEventLoop | None = None) -> _Pending:
+    def _begin(self, message: Message, loop: asyncio.AbstractEventLoop | None = None) -> _Pending:
         """Register the request and send it; the send never waits on the channel, so deadlines hold."""
-        data = self._encode(message, what)
-        pending = _Pending(what, loop)
+        data = self._encode(message)
+        pending = _Pending(message, loop)
         with self._lock:
             self._raise_if_closed()
             self._pending[message.id] = pending
@@ -708,9 +722,9 @@ class Endpoint:
             raise
         return pending
 
-    def _round_trip(self, message: Message, what: str, seconds: float | None) -> Any:
+    def _round_trip(self, message: Message, seconds: float | None) -> Any:
         """Send a request and block for its outcome."""
-        pending = self._begin(message, what)
+        pending = self._begin(message)
         if not pending.wait(seconds):
             if self._pending.pop(message.id, None) is not None:
                 raise CallTimeout(f"{self.name}: {pending.what} got no answer within {seconds:g}s")
@@ -719,10 +733,10 @@ class Endpoint:
                 raise CallTimeout(f"{self.name}: {pending.what} got no answer within {seconds:g}s")
         return pending.outcome()
 
-    async def _async_round_trip(self, message: Message, what: str, seconds: float | None) -> Any:
+    async def _async_round_trip(self, message: Message, seconds: float | None) -> Any:
         """Send a request and await its outcome; the reader hands it to this loop."""
         loop = asyncio.get_running_loop()
-        pending = self._begin(message, what, loop)
+        pending = self._begin(message, loop)
         future = pending.future
         if seconds is not None:
             self._deadlines_of(loop).add(seconds, message.id, future)
@@ -730,7 +744,7 @@ class Endpoint:
             return await future
         except _Expired:
             self._pending.pop(message.id, None)
-            raise CallTimeout(f"{self.name}: {what} got no answer within {seconds:g}s") from None
+            raise CallTimeout(f"{self.name}: {pending.what} got no answer within {seconds:g}s") from None
         except asyncio.CancelledError:
             self._pending.pop(message.id, None)
             raise
@@ -744,19 +758,21 @@ class Endpoint:
                 deadlines = self._deadlines[loop] = _Deadlines(loop)
         return deadlines
 
-    def _encode(self, message: Message, what: str) -> bytes:
+    def _encode(self, message: Message) -> bytes:
         try:
             data = _dumps(message.to_wire())
         except Exception as exc:
+            what = _describe(message)
             raise EncodeError(f"{self.name}: {what}: {_which_unpicklable(message)} cannot be pickled: {exc}") from exc
         if len(data) > self._max_bytes:
             raise MessageTooLarge(
-                f"{self.name}: {what}: message of {len(data)} bytes exceeds the limit of {self._max_bytes} bytes"
+                f"{self.name}: {_describe(message)}: message of {len(data)} bytes"
+                f" exceeds the limit of {self._max_bytes} bytes"
             )
         return data
 
     def _send(self, message: Message) -> None:
-        self._send_bytes(self._encode(message, str(message.TYPE)))
+        self._send_bytes(self._encode(message))
 
     def _send_bytes(self, data: bytes, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Queue one message and write the queue unless another thread is writing it already.
@@ -989,7 +1005,7 @@ class Endpoint:
             work()
 
     def _on_call(self, message: Call) -> None:
-        self._running[message.id] = (f"call {message.method!r}", time.monotonic(), message.timeout)
+        self._running[message.id] = (message, time.monotonic())
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._run_call_on_loop, message)
         else:
@@ -998,12 +1014,12 @@ class Endpoint:
     def _run_call(self, message: Call) -> None:
         try:
             result = self._lookup_callable(message.method)(*message.args, **message.kwargs)
-            if inspect.isawaitable(result):
+            if type(result) not in _PLAIN and inspect.isawaitable(result):
                 result = asyncio.run(_awaited(result))
         except Exception as exc:
             self._reply_error(message.id, exc)
         else:
-            self._reply_result(message.id, result, f"call {message.method!r}")
+            self._reply_result(message, result)
         finally:
             self._running.pop(message.id, None)
 
@@ -1014,9 +1030,9 @@ class Endpoint:
             self._running.pop(message.id, None)
             self._reply_error(message.id, exc)
             return
-        if not inspect.isawaitable(result):
+        if type(result) in _PLAIN or not inspect.isawaitable(result):
             self._running.pop(message.id, None)
-            self._reply_result(message.id, result, f"call {message.method!r}")
+            self._reply_result(message, result)
             return
         task = asyncio.ensure_future(result)
 
@@ -1027,7 +1043,7 @@ class Endpoint:
             elif done.exception() is not None:
                 self._reply_error(message.id, done.exception())  # type: ignore[arg-type]
             else:
-                self._reply_result(message.id, done.result(), f"call {message.method!r}")
+                self._reply_result(message, done.result())
 
         task.add_done_callback(finished)
 
@@ -1049,7 +1065,7 @@ class Endpoint:
                 else:
                     self._reply_error(message.id, exc)
             else:
-                self._reply_result(message.id, value, f"get {message.name!r}")
+                self._reply_result(message, value)
 
         self._serve(work)
 
@@ -1125,11 +1141,11 @@ class Endpoint:
 
         threading.Thread(target=work, name=f"{self.name}-stop", daemon=True).start()
 
-    def _reply_result(self, message_id: int, value: Any, what: str) -> None:
+    def _reply_result(self, request: Call | GetAttribute, value: Any) -> None:
         try:
-            self._send(Result(id=message_id, payload=value))
+            self._send(Result(id=request.id, payload=value))
         except (EncodeError, MessageTooLarge) as exc:
-            self._reply_error(message_id, type(exc)(f"{self.name}: result of {what}: {exc}"))
+            self._reply_error(request.id, type(exc)(f"{self.name}: result of {_describe(request)}: {exc}"))
         except SidecarError as exc:
             self._log.debug("reply not sent", reason=str(exc))
 
