@@ -7,6 +7,8 @@ has piled up as one event per kind, which also batches a burst of samples into f
 
 from __future__ import annotations
 
+import itertools
+import operator
 import queue
 import threading
 from collections.abc import Callable
@@ -19,19 +21,30 @@ from boss_sidecar.errors import SidecarError
 _log = structlog.get_logger("boss_sidecar.worker.forward")
 
 MAX_BATCH = 512
+"""Items taken off the queue at once."""
+MAX_MESSAGE_BYTES = 192 * 1024
+"""Payload bytes per message at most (one item may exceed it). The host reads a message this
+size into its reusable buffer; larger ones cost it (and us) a fresh allocation each, and the page
+faults that come with it cost more than the extra messages."""
 _DRAIN = "__drain__"
 
 Item = tuple[str, Any]
 """(event name, argument): the forwarder sends each run of one name as ``name(list_of_args)``."""
 
+Convert = Callable[[str, list[Any]], list[Any]]
+"""``convert(name, items)``: what travels for a run of items of one name, in order."""
+Weigh = Callable[[str, Any], int]
+"""``weigh(name, converted_item)``: its payload bytes, to split a run into messages."""
+
 
 class Forwarder:
     """Collects items from any thread without blocking; a daemon thread sends them in order."""
 
-    def __init__(self, send: Callable[[str, list[Any]], None], convert: Callable[[str, Any], Any]) -> None:
+    def __init__(self, send: Callable[[str, list[Any]], None], convert: Convert, weigh: Weigh | None = None) -> None:
         self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._send = send
         self._convert = convert
+        self._weigh = weigh
         self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
         self._thread.start()
 
@@ -51,46 +64,64 @@ class Forwarder:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        get, get_nowait = self._queue.get, self._queue.get_nowait
         while True:
-            first = self._queue.get()
+            first = get()
             if first is None:
                 return
             batch = [first]
+            closing = False
             while len(batch) < MAX_BATCH:
                 try:
-                    item = self._queue.get_nowait()
+                    item = get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
-                    self._flush(batch)
-                    return
+                    closing = True
+                    break
                 batch.append(item)
-            self._flush(batch)
-
-    def _flush(self, batch: list[Item]) -> None:
-        run_name = batch[0][0]
-        run: list[Any] = []
-        for name, item in batch:
-            if name != run_name:
-                self._emit(run_name, run)
-                run_name, run = name, []
-            if name == _DRAIN:
-                run.append(item)
-                continue
-            try:
-                run.append(self._convert(name, item))
-            except Exception:
-                _log.exception("could not convert item for the host", kind=name)
-        self._emit(run_name, run)
+            for name, run in itertools.groupby(batch, key=operator.itemgetter(0)):
+                self._emit(name, [item for _, item in run])
+            if closing:
+                return
 
     def _emit(self, name: str, items: list[Any]) -> None:
-        if not items:
-            return
         if name == _DRAIN:
             for done in items:
                 done.set()
             return
         try:
-            self._send(name, items)
-        except SidecarError as exc:
-            _log.debug("host unreachable; dropped items", kind=name, count=len(items), reason=str(exc))
+            converted = self._convert(name, items)
+        except Exception:
+            converted = self._convert_each(name, items)
+        for message in self._split(name, converted):
+            try:
+                self._send(name, message)
+            except SidecarError as exc:
+                _log.debug("host unreachable; dropped items", kind=name, count=len(message), reason=str(exc))
+
+    def _convert_each(self, name: str, items: list[Any]) -> list[Any]:
+        """One by one, so an item that cannot be converted costs only itself."""
+        converted: list[Any] = []
+        for item in items:
+            try:
+                converted += self._convert(name, [item])
+            except Exception:
+                _log.exception("could not convert item for the host", kind=name)
+        return converted
+
+    def _split(self, name: str, items: list[Any]) -> list[list[Any]]:
+        """``items`` as messages of at most MAX_MESSAGE_BYTES of payload each."""
+        weigh = self._weigh
+        if weigh is None or not items:
+            return [items] if items else []
+        messages: list[list[Any]] = []
+        start, weight = 0, 0
+        for index, item in enumerate(items):
+            weight += weigh(name, item)
+            if weight >= MAX_MESSAGE_BYTES:
+                messages.append(items[start : index + 1])
+                start, weight = index + 1, 0
+        if start < len(items):
+            messages.append(items[start:])
+        return messages

@@ -72,15 +72,30 @@ def _zenoh_call(what: str, function: Callable[[], Any]) -> Any:
         raise ZenohError(f"{what}: {exc}") from None
 
 
+_PUT = zenoh.SampleKind.PUT
+
+
 def sample_tuple(sample: Any) -> tuple[str, bytes, str, str, str | None, bytes | None]:
     attachment = sample.attachment
     timestamp = sample.timestamp
     return (
         str(sample.key_expr),
         sample.payload.to_bytes(),
-        "put" if sample.kind == zenoh.SampleKind.PUT else "delete",
+        "put" if sample.kind == _PUT else "delete",
         str(sample.encoding),
         None if timestamp is None else str(timestamp),
+        None if attachment is None else attachment.to_bytes(),
+    )
+
+
+def _query_fields(query: Any) -> tuple[str, str, str, bytes | None, str | None, bytes | None]:
+    payload, encoding, attachment = query.payload, query.encoding, query.attachment
+    return (
+        str(query.selector),
+        str(query.key_expr),
+        str(query.parameters),
+        None if payload is None else payload.to_bytes(),
+        None if encoding is None else str(encoding),
         None if attachment is None else attachment.to_bytes(),
     )
 
@@ -146,31 +161,36 @@ class WorkerService:
     # ----------------------------------------------------------------- plumbing (not exposed)
     def _attach(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
-        self._forwarder = Forwarder(endpoint.notify, self._convert)
+        self._forwarder = Forwarder(endpoint.notify, self._convert, self._weigh)
 
     def _push(self, kind: str, item: Any) -> None:
         assert self._forwarder is not None
         self._forwarder.push(kind, item)
 
-    def _convert(self, kind: str, item: Any) -> Any:
-        if kind in ("samples", "logs", "put_failed"):
-            return item if kind != "samples" else (item[0], sample_tuple(item[1]))
+    def _convert(self, kind: str, items: list[Any]) -> list[Any]:
+        """What travels to the host for a run of forwarded items of one kind (the forwarder's thread)."""
+        if kind == "samples":
+            return [(decl_id, sample_tuple(sample)) for decl_id, sample in items]
+        if kind in ("logs", "put_failed"):
+            return items
         if kind == "queries":
-            decl_id, query = item
-            query_id = next(self._query_ids)
-            self._queries[query_id] = query
-            payload, encoding, attachment = query.payload, query.encoding, query.attachment
-            return (
-                decl_id,
-                query_id,
-                str(query.selector),
-                str(query.key_expr),
-                str(query.parameters),
-                None if payload is None else payload.to_bytes(),
-                None if encoding is None else str(encoding),
-                None if attachment is None else attachment.to_bytes(),
-            )
+            converted = [(decl_id, query, _query_fields(query)) for decl_id, query in items]
+            answerable = []
+            for decl_id, query, fields in converted:  # kept only once all converted: none is orphaned
+                query_id = next(self._query_ids)
+                self._queries[query_id] = query
+                answerable.append((decl_id, query_id, *fields))
+            return answerable
         raise ValueError(f"unknown forward kind {kind!r}")
+
+    @staticmethod
+    def _weigh(kind: str, item: Any) -> int:
+        """Payload bytes of a converted item, so the forwarder keeps messages small."""
+        if kind == "samples":
+            return len(item[1][1])
+        if kind == "queries" and item[5] is not None:
+            return len(item[5])
+        return 0
 
     def _require_session(self) -> Any:
         if self._session is None:
