@@ -27,8 +27,22 @@ class Delivery(Generic[T]):
     def put(self, item: T) -> None:
         raise NotImplementedError
 
+    def put_many(self, items: list[T]) -> None:
+        """Several items, in order; a delivery that can hands them over at once."""
+        for item in items:
+            self.put(item)
+
     def close(self) -> None:
         raise NotImplementedError
+
+
+class _Many(Generic[T]):
+    """Items queued as one hand-off (distinct from any item a user could be delivered)."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[T]) -> None:
+        self.items = items
 
 
 class CallbackDelivery(Delivery[T]):
@@ -44,17 +58,22 @@ class CallbackDelivery(Delivery[T]):
     def put(self, item: T) -> None:
         self._queue.put(item)
 
+    def put_many(self, items: list[T]) -> None:
+        self._queue.put(_Many(items))  # one hand-off (and one wake-up) for the lot
+
     def close(self) -> None:
         self._queue.put(_CLOSED)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=1.0)
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not _CLOSED:
-            try:
-                self._callback(item)
-            except Exception:
-                _log.exception("callback failed", delivery=self._name)
+        callback = self._callback
+        while (queued := self._queue.get()) is not _CLOSED:
+            for item in queued.items if type(queued) is _Many else (queued,):
+                try:
+                    callback(item)
+                except Exception:
+                    _log.exception("callback failed", delivery=self._name)
 
 
 class QueueDelivery(Delivery[T]):
@@ -101,6 +120,14 @@ class AsyncDelivery(Delivery[T]):
     def put(self, item: T) -> None:
         with contextlib.suppress(RuntimeError):  # loop closed: nobody left to deliver to
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def put_many(self, items: list[T]) -> None:
+        with contextlib.suppress(RuntimeError):  # one wake-up of the loop for the lot
+            self._loop.call_soon_threadsafe(self._put_all, items)
+
+    def _put_all(self, items: list[T]) -> None:
+        for item in items:
+            self._queue.put_nowait(item)
 
     def close(self) -> None:
         with contextlib.suppress(RuntimeError):

@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import itertools
 import json
+import operator
 import os
 import threading
 import weakref
@@ -187,11 +188,11 @@ class _HostServices:
         self._sidecar = sidecar
 
     def samples(self, items: list[tuple[int, Any]]) -> None:
-        ledger = self._sidecar._ledger
-        for decl_id, wire in items:
+        ledger, from_wire = self._sidecar._ledger, Sample.from_wire
+        for decl_id, run in itertools.groupby(items, key=operator.itemgetter(0)):
             declaration = ledger.get(decl_id)
             if declaration is not None and declaration.delivery is not None:
-                declaration.delivery.put(Sample.from_wire(wire))
+                declaration.delivery.put_many([from_wire(wire) for _, wire in run])
 
     def queries(self, items: list[tuple[Any, ...]]) -> None:
         ledger = self._sidecar._ledger
