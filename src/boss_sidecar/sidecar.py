@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import itertools
 import json
 import operator
@@ -71,6 +72,14 @@ def _options(**options: Any) -> dict[str, Any] | None:
     if isinstance(given.get("attachment"), str):
         given["attachment"] = given["attachment"].encode()
     return given or None
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_put_options(
+    encoding: str | None, congestion_control: str | None, priority: str | None, express: bool | None
+) -> dict[str, Any] | None:
+    """One dict per combination, never changed: a batch of puts pickles it once, the worker converts it once."""
+    return _options(encoding=encoding, congestion_control=congestion_control, priority=priority, express=express)
 
 
 class _Request(NamedTuple):
@@ -367,17 +376,25 @@ class Sidecar:
         such as "data" or "real_time" (case-insensitive).
         """
         self._raise_put_errors()
-        item = (
-            _check_key(key_expr, "put"),
-            normalise_payload(payload, f"put {key_expr!r}"),
-            _options(
+        if type(payload) is not bytes:  # the common case skips building the error text
+            payload = normalise_payload(payload, f"put {key_expr!r}")
+        options: dict[str, Any] | None = None
+        if attachment is None and (encoding, congestion_control, priority, express) != (None, None, None, None):
+            try:
+                options = _shared_put_options(encoding, congestion_control, priority, express)
+            except TypeError:  # an unhashable value: the worker names it
+                options = _options(
+                    encoding=encoding, congestion_control=congestion_control, priority=priority, express=express
+                )
+        elif attachment is not None:
+            options = _options(
                 encoding=encoding,
                 congestion_control=congestion_control,
                 priority=priority,
                 express=express,
                 attachment=attachment,
-            ),
-        )
+            )
+        item = (_check_key(key_expr, "put"), payload, options)
         with self._put_cond:
             if len(self._puts) >= self.policy.put_buffer and not self._put_cond.wait_for(
                 lambda: len(self._puts) < self.policy.put_buffer or self._closing, timeout=self.policy.call_timeout

@@ -241,9 +241,16 @@ class WorkerService:
     def put_batch(self, items: list[tuple[str, bytes, dict[str, Any] | None]]) -> None:
         """Run coalesced puts (an event, in order); failures go back to the host as events."""
         session = self._require_session()
+        converted: dict[int, dict[str, Any]] = {}  # the host shares one options dict among like puts
         for key, payload, options in items:
             try:
-                session.put(key, payload, **_qos(options))
+                if options is None:
+                    session.put(key, payload)
+                    continue
+                kwargs = converted.get(id(options))
+                if kwargs is None:
+                    kwargs = converted[id(options)] = _qos(options)
+                session.put(key, payload, **kwargs)
             except Exception as exc:
                 self._push("put_failed", f"put {key!r}: {exc}")
 
