@@ -21,15 +21,15 @@ from boss_sidecar.errors import SidecarError
 _log = structlog.get_logger("boss_sidecar.worker.forward")
 
 MAX_BATCH = 512
-"""Items taken off the queue at once."""
+"""Items taken off the queue at once (a run pushed at once is not split)."""
 MAX_MESSAGE_BYTES = 192 * 1024
 """Payload bytes per message at most (one item may exceed it). The host reads a message this
 size into its reusable buffer; larger ones cost it (and us) a fresh allocation each, and the page
 faults that come with it cost more than the extra messages."""
 _DRAIN = "__drain__"
 
-Item = tuple[str, Any]
-"""(event name, argument): the forwarder sends each run of one name as ``name(list_of_args)``."""
+Entry = tuple[str, list[Any]]
+"""(event name, items): the forwarder sends each run of one name as ``name(list_of_converted_items)``."""
 
 Convert = Callable[[str, list[Any]], list[Any]]
 """``convert(name, items)``: what travels for a run of items of one name, in order."""
@@ -41,7 +41,7 @@ class Forwarder:
     """Collects items from any thread without blocking; a daemon thread sends them in order."""
 
     def __init__(self, send: Callable[[str, list[Any]], None], convert: Convert, weigh: Weigh | None = None) -> None:
-        self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
         self._send = send
         self._convert = convert
         self._weigh = weigh
@@ -50,12 +50,16 @@ class Forwarder:
 
     def push(self, name: str, item: Any) -> None:
         """Safe inside a zenoh callback: never blocks, never calls zenoh."""
-        self._queue.put((name, item))
+        self._queue.put((name, [item]))
+
+    def push_many(self, name: str, items: list[Any]) -> None:
+        """Several items of one name in one hand-off; never blocks."""
+        self._queue.put((name, items))
 
     def drain(self, timeout: float) -> bool:
         """Wait until everything pushed before this call was sent to the host."""
         done = threading.Event()
-        self._queue.put((_DRAIN, done))
+        self._queue.put((_DRAIN, [done]))
         return done.wait(timeout)
 
     def close(self, timeout: float = 1.0) -> None:
@@ -69,19 +73,20 @@ class Forwarder:
             first = get()
             if first is None:
                 return
-            batch = [first]
+            batch, count = [first], len(first[1])
             closing = False
-            while len(batch) < MAX_BATCH:
+            while count < MAX_BATCH:
                 try:
-                    item = get_nowait()
+                    entry = get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
+                if entry is None:
                     closing = True
                     break
-                batch.append(item)
+                batch.append(entry)
+                count += len(entry[1])
             for name, run in itertools.groupby(batch, key=operator.itemgetter(0)):
-                self._emit(name, [item for _, item in run])
+                self._emit(name, [item for _, items in run for item in items])
             if closing:
                 return
 

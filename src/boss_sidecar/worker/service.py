@@ -25,6 +25,10 @@ from boss_sidecar.worker.forward import Forwarder
 
 _log = structlog.get_logger("boss_sidecar.worker")
 
+SUBSCRIBER_CHANNEL = 1024
+"""Samples a subscriber's channel holds; should its drain thread fall that far behind, zenoh waits."""
+MAX_RUN = 512
+"""Samples a drain thread takes from its channel at once."""
 _CONGESTION = {"drop": "DROP", "block": "BLOCK", "block_first": "BLOCK_FIRST"}
 _TARGETS = {"best_matching": "BEST_MATCHING", "all": "ALL", "all_complete": "ALL_COMPLETE"}
 _PRIORITIES = {
@@ -282,12 +286,31 @@ class WorkerService:
 
     # ----------------------------------------------------------------- declarations
     def declare_subscriber(self, decl_id: int, key_expr: str) -> None:
+        """A subscriber with a channel, drained by a thread of its own, rather than a callback:
+        zenoh's thread then never waits for the GIL per sample, and samples travel in runs."""
         session = self._require_session()
+        channel: Any = zenoh.handlers.FifoChannel(SUBSCRIBER_CHANNEL)
+        subscriber = self._declare(
+            decl_id, f"subscribe {key_expr!r}", lambda: session.declare_subscriber(key_expr, channel)
+        )
+        # recv on the handler, not on the subscriber: undeclare needs the subscriber while we wait.
+        drain = threading.Thread(
+            target=self._drain, args=(decl_id, subscriber.handler), name=f"subscriber-{decl_id}", daemon=True
+        )
+        drain.start()
 
-        def on_sample(sample: Any) -> None:
-            self._push("samples", (decl_id, sample))
-
-        self._declare(decl_id, f"subscribe {key_expr!r}", lambda: session.declare_subscriber(key_expr, on_sample))
+    def _drain(self, decl_id: int, channel: Any) -> None:
+        """Hand a subscriber's samples to the forwarder, a run at a time, until it is undeclared."""
+        assert self._forwarder is not None
+        push_many = self._forwarder.push_many
+        try:
+            while True:
+                run = [(decl_id, channel.recv())]
+                while len(run) < MAX_RUN and (sample := channel.try_recv()) is not None:
+                    run.append((decl_id, sample))
+                push_many("samples", run)
+        except zenoh.ZError:  # undeclared, or the session closed: the channel is closed and empty
+            return
 
     def declare_queryable(self, decl_id: int, key_expr: str, complete: bool = False) -> None:
         session = self._require_session()
@@ -317,13 +340,14 @@ class WorkerService:
             lambda: session.liveliness().declare_subscriber(key_expr, on_sample, history=history),
         )
 
-    def _declare(self, decl_id: int, what: str, declare: Callable[[], Any]) -> None:
+    def _declare(self, decl_id: int, what: str, declare: Callable[[], Any]) -> Any:
         entity = _zenoh_call(what, declare)
         with self._lock:
             previous = self._declarations.pop(decl_id, None)
             self._declarations[decl_id] = entity
         if previous is not None:
             _zenoh_call(f"undeclare {decl_id}", previous.undeclare)
+        return entity
 
     def undeclare(self, decl_id: int) -> bool:
         """Undeclare one declaration (never from a zenoh callback: that deadlocks since 1.8)."""
