@@ -207,6 +207,18 @@ def test_closed_subscription_receives_no_more_samples(make_sidecar: Callable[...
     assert _texts(closed.items) == ["before"]
 
 
+def test_closed_subscriptions_leave_no_threads_in_the_worker(make_sidecar: Callable[..., Sidecar]) -> None:
+    """Subscribing starts work in the worker; closing the subscriptions ends all of it."""
+    sidecar = make_sidecar("threads")
+    worker = sidecar.host("peers.sidecar_objects:Introspect")
+    before = worker.thread_count()
+    subscriptions = [sidecar.subscribe(f"thr/{index}", lambda sample: None) for index in range(5)]
+    assert worker.thread_count() > before
+    for subscription in subscriptions:
+        subscription.close()
+    eventually(lambda: worker.thread_count() == before, "the worker's subscription threads to end")
+
+
 # ----------------------------------------------------------------- queryables
 
 
