@@ -1,0 +1,54 @@
+"""Pickling what the RPC endpoint sends: one protocol, and what to do when something will not pickle.
+
+Kept apart from ``rpc``: an exception that would not survive the trip travels as a RemoteError
+with its text, and a message that does not pickle is named by its first part that does not.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+
+from boss_sidecar.errors import RemoteError
+from boss_sidecar.protocol import Call, Error, Event, Message, Result, SetAttribute
+
+
+def _dumps(obj: object) -> bytes:
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _travels(exc: BaseException) -> bool:
+    """Whether an exception survives a pickle round trip (many custom ones do not)."""
+    try:
+        pickle.loads(_dumps(exc))
+    except Exception:
+        return False
+    return True
+
+
+def portable_error(exc: BaseException) -> BaseException:
+    """The exception itself if it can travel, else a RemoteError that carries its text."""
+    if _travels(exc):
+        return exc
+    kind = type(exc)
+    return RemoteError(f"{kind.__module__}.{kind.__qualname__}", str(exc), "".join(traceback.format_exception(exc)))
+
+
+def _which_unpicklable(message: Message) -> str:
+    """Name the first part of a message that does not pickle, for a clear error."""
+    parts: list[tuple[str, object]] = []
+    if isinstance(message, Call | Event):
+        parts = [(f"argument {index}", value) for index, value in enumerate(message.args)]
+        parts += [(f"keyword argument {key!r}", value) for key, value in message.kwargs.items()]
+    elif isinstance(message, SetAttribute):
+        parts = [(f"value for {message.name!r}", message.value)]
+    elif isinstance(message, Result):
+        parts = [("result", message.payload)]
+    elif isinstance(message, Error):
+        parts = [("error", message.error)]
+    for label, value in parts:
+        try:
+            _dumps(value)
+        except Exception:
+            return f"{label} ({type(value).__name__})"
+    return "the message"

@@ -1,0 +1,72 @@
+"""The small thread pool the RPC endpoint serves calls on.
+
+Kept apart from ``rpc``: it knows nothing of messages, only of jobs that reply by themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+_log = structlog.get_logger("boss_sidecar.rpc")  # its failures are the endpoint's; logged under its name
+
+
+class _Pool:
+    """Threads for served calls: started on demand up to ``size``, then kept until ``shutdown``.
+
+    Leaner than ``ThreadPoolExecutor`` (no future per job; the call replies by itself). The threads
+    are daemons so a served call that never returns cannot hold up the process's exit.
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size = max(1, size)
+        self._name = name
+        self._jobs: queue.SimpleQueue[tuple[Callable[[Any], None], Any] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+        self._shut = False
+
+    def submit(self, job: Callable[[Any], None], argument: Any) -> None:
+        """Run ``job(argument)`` on a pool thread; RuntimeError once shut down."""
+        with self._lock:
+            if self._shut:
+                raise RuntimeError("pool is shut down")
+            start = False
+            if self._idle:
+                self._idle -= 1
+            elif self._threads < self._size:
+                self._threads += 1
+                start = True
+        self._jobs.put((job, argument))
+        if start:
+            threading.Thread(target=self._work, name=f"{self._name}-{self._threads}", daemon=True).start()
+
+    def shutdown(self) -> None:
+        """Drop queued jobs and let the threads end once their current job returns."""
+        with self._lock:
+            self._shut = True
+            threads = self._threads
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._jobs.get_nowait()
+        for _ in range(threads):
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            job, argument = item
+            try:
+                job(argument)
+            except BaseException:  # a job handles its own errors; this is the last resort
+                _log.exception("served job failed", pool=self._name)
+            with self._lock:
+                self._idle += 1
