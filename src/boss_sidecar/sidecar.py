@@ -653,10 +653,11 @@ class Sidecar:
 
     # ----------------------------------------------------------------- logs
     def _emit_worker_logs(self, records: list[dict[str, Any]]) -> None:
-        log = self._log.bind(worker_pid=self.pid, incarnation=self.incarnation)
+        """Re-emit worker records in the host; each carries the pid and incarnation that wrote it."""
         for record in records:
             level = str(record.pop("level", "info")).lower()
             event = record.pop("event", "")
+            log = self._log.bind(worker_pid=record.pop("worker_pid", None), incarnation=record.pop("incarnation", None))
             emit = getattr(log, {"warn": "warning", "exception": "error"}.get(level, level), log.info)
             emit(event, **record)
 

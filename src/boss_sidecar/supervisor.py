@@ -203,6 +203,8 @@ class Supervisor:
             self.policy.log_level,
             "--stop-bound",
             f"{self.policy.stop_timeout * 0.5:.3f}",
+            "--incarnation",
+            str(number),
         ]
         started = self._backend.now()
         try:

@@ -44,12 +44,14 @@ def _plain(value: Any) -> Any:
 class _LogForwarder:
     """structlog's last processor and a logging handler in one: records go to the host."""
 
-    def __init__(self, service: WorkerService) -> None:
+    def __init__(self, service: WorkerService, incarnation: int) -> None:
         self._service = service
+        self._stamp = {"worker_pid": os.getpid(), "incarnation": incarnation}
 
     def __call__(self, _logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
         record = {key: _plain(value) for key, value in event_dict.items()}
         record.setdefault("level", method)
+        record.update(self._stamp)  # stamped here: a late record must not borrow the next worker's pid
         self._service._push("logs", record)
         raise structlog.DropEvent
 
@@ -66,8 +68,8 @@ class _StdlibToHost(logging.Handler):
             self._forward(None, record.levelname.lower(), {"event": record.getMessage(), "logger": record.name})
 
 
-def _configure_logging(service: WorkerService, level: str) -> None:
-    forward = _LogForwarder(service)
+def _configure_logging(service: WorkerService, level: str, incarnation: int) -> None:
+    forward = _LogForwarder(service, incarnation)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parent-pid", type=int, default=os.getppid())
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--stop-bound", type=float, default=3.0, help="seconds allowed for a clean stop")
+    parser.add_argument("--incarnation", type=int, default=1, help="stamped on every log record")
     args = parser.parse_args(argv)
 
     done = threading.Event()
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         start=False,
     )
     service._attach(endpoint)
-    _configure_logging(service, args.log_level)
+    _configure_logging(service, args.log_level, args.incarnation)
 
     def on_term(signum: int, _frame: FrameType | None) -> None:
         reason["why"] = f"signal {signal.Signals(signum).name}"
