@@ -83,6 +83,21 @@ def test_hosted_objects_expose_only_their_public_names(make_sidecar: MakeSidecar
         echo._secret = "stolen"
 
 
+def test_public_methods_cannot_be_replaced_through_attribute_writes(make_sidecar: MakeSidecar) -> None:
+    """A write naming a method of the worker or of a hosted object is refused; the method still runs."""
+    sidecar = make_sidecar("security")
+    echo = sidecar.host(ECHO)
+    endpoint = sidecar._supervisor.endpoint()
+    with pytest.raises(AttributeError, match="cannot be replaced"):
+        endpoint.set_attribute("info", None)
+    with pytest.raises(AttributeError, match="cannot be replaced"):
+        echo.echo = "stolen"
+    assert echo.echo(7) == 7
+    assert "zid" in sidecar.info()
+    echo.value = 2  # plain attributes stay writable
+    assert echo.value == 2
+
+
 class Exported:
     """A host object handed to a hosted one by reference."""
 

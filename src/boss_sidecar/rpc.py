@@ -701,7 +701,9 @@ class Endpoint:
     def _on_set(self, message: SetAttribute) -> None:
         def work() -> None:
             try:
-                self._lookup(message.name)  # refuses names that are not exposed
+                current = self._lookup(message.name)  # refuses names that are not exposed
+                if inspect.isroutine(current):
+                    raise AttributeError(f"{message.name!r} is a method of {self.name}'s object; it cannot be replaced")
                 setattr(self._target, message.name, message.value)
             except Exception as exc:
                 if message.ack:

@@ -418,7 +418,10 @@ class WorkerService:
         return getattr(self._hosted(obj_id, name), name)
 
     def set_object_attribute(self, obj_id: int, name: str, value: Any) -> None:
-        setattr(self._hosted(obj_id, name), name, value)
+        instance = self._hosted(obj_id, name)
+        if inspect.isroutine(getattr(instance, name, None)):
+            raise AttributeError(f"{name!r} is a method of hosted object #{obj_id}; it cannot be replaced")
+        setattr(instance, name, value)
 
     def drop_object(self, obj_id: int) -> bool:
         with self._lock:
