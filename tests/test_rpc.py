@@ -495,6 +495,23 @@ def test_peer_that_stops_reading_cannot_block_a_caller_past_its_timeout() -> Non
         ours.close()
 
 
+def test_one_way_sends_to_a_peer_that_stops_reading_stop_at_the_backlog_limit() -> None:
+    """notify() cannot queue without bound: past max_backlog_bytes it waits, then fails, memory stays bounded."""
+    ours, theirs = Pipe()
+    limit, chunk = 4_000_000, b"x" * 1_000_000
+    endpoint = Endpoint(theirs, name="flooded", send_timeout=0.5, max_backlog_bytes=limit)
+    most = 0
+    try:
+        with pytest.raises(SidecarError):
+            for _ in range(1000):
+                endpoint.notify("sink", chunk)
+                most = max(most, endpoint._backlog)
+        assert most <= limit + 2 * len(chunk)
+    finally:
+        endpoint.close()
+        ours.close()
+
+
 def test_stop_request_runs_the_handler_and_is_acknowledged() -> None:
     """request_stop returns once the peer's on_stop handler ran."""
     left_end, right_end = Pipe()

@@ -71,6 +71,7 @@ from boss_sidecar.protocol import (
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_SEND_TIMEOUT = 30.0
+DEFAULT_MAX_BACKLOG_BYTES = 64 * 1024 * 1024
 
 _log = structlog.get_logger("boss_sidecar.rpc")
 
@@ -111,6 +112,7 @@ class Endpoint:
         default_timeout: float = DEFAULT_TIMEOUT,
         send_timeout: float = DEFAULT_SEND_TIMEOUT,
         overdue_grace: float = 2.0,
+        max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
         start: bool = True,
     ) -> None:
         self.name = name
@@ -131,6 +133,9 @@ class Endpoint:
         self._outbox: list[Any] = []  # frames (header, bytes, ...) not yet handed to the socket
         self._outbox_lock = threading.Lock()
         self._writing = False  # a thread is writing the outbox; others only add to it
+        self._backlog = 0  # bytes in the outbox: past max_backlog_bytes, senders wait (see _send_bytes)
+        self._max_backlog = max_backlog_bytes
+        self._drained = threading.Condition(self._outbox_lock)
         self._corked: set[asyncio.AbstractEventLoop] = set()  # loops in a turn that woke callers (see _send_bytes)
         self._deadlines: dict[asyncio.AbstractEventLoop, _Deadlines] = {}
         self._closed: SidecarError | None = None
@@ -219,6 +224,8 @@ class Endpoint:
             pending, self._pending = self._pending, {}
         with self._outbox_lock:
             self._outbox = []
+            self._backlog = 0
+            self._drained.notify_all()
         while pending:  # popitem, not iteration: a reply or a timeout may take entries concurrently
             _, request = pending.popitem()
             request.settle(error=type(error)(f"{error} (during {request.what})"))
@@ -412,6 +419,15 @@ class Endpoint:
         header, body = _frame(data)
         with self._outbox_lock:
             self._raise_if_closed()
+            if self._backlog > self._max_backlog and threading.current_thread() is not self._reader:
+                # Backpressure: a peer that reads slower than we send must not grow our memory
+                # without bound. Never on the reader thread: two readers waiting would deadlock.
+                if not self._drained.wait_for(
+                    lambda: self._backlog <= self._max_backlog or self._closed is not None, self._send_timeout
+                ):
+                    raise CallTimeout(f"{self.name}: peer not reading: {self._backlog} bytes still queued")
+                self._raise_if_closed()
+            self._backlog += len(header) + len(body)
             self._outbox.append(header)
             self._outbox.append(body)
             if self._writing or (loop in self._corked and len(self._outbox) < _CORK_PARTS):
@@ -446,6 +462,9 @@ class Endpoint:
                     return
             try:
                 rest = self._write(parts, block=block)
+                with self._outbox_lock:
+                    self._backlog -= sum(map(len, parts)) - sum(map(len, rest))
+                    self._drained.notify_all()
             except OSError as exc:
                 problem = SidecarCrashed(f"{self.name}: channel broken while sending: {exc}")
                 with self._outbox_lock:
