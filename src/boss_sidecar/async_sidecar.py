@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 
 from boss_sidecar.delivery import AsyncDelivery
 from boss_sidecar.errors import CallTimeout
-from boss_sidecar.health import Health
 from boss_sidecar.samples import ObjectRef, Query, Reply, Sample
 from boss_sidecar.sidecar import (
     Declaration,
@@ -24,10 +23,10 @@ from boss_sidecar.sidecar import (
     Queryable,
     Sidecar,
     Subscription,
+    SupervisedFacts,
     _hosting_spec,
     _Request,
 )
-from boss_sidecar.states import SidecarState, StateChange
 
 _D = TypeVar("_D", bound=Declaration)
 
@@ -80,13 +79,14 @@ class AsyncHostedObject:
         return f"<hosted {self._class} #{self._obj_id} in sidecar {self._sidecar.name} (async)>"
 
 
-class AsyncSidecar:
+class AsyncSidecar(SupervisedFacts):
     """The awaitable Sidecar: same constructor, same operations, ``await`` them."""
 
     def __init__(
         self, name: str = "sidecar", zenoh: dict[str, Any] | str | os.PathLike[str] | None = None, **policy: Any
     ):
         self._sync = Sidecar(name, zenoh, **policy)
+        self._supervisor = self._sync._supervisor
         self.name = name
         self.policy = self._sync.policy
 
@@ -111,27 +111,6 @@ class AsyncSidecar:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
-
-    @property
-    def state(self) -> SidecarState:
-        return self._sync.state
-
-    @property
-    def pid(self) -> int | None:
-        return self._sync.pid
-
-    @property
-    def incarnation(self) -> int:
-        return self._sync.incarnation
-
-    def health(self) -> Health:
-        return self._sync.health()
-
-    def on_state_change(self, hook: Callable[[StateChange], None]) -> None:
-        self._sync.on_state_change(hook)
-
-    def on_restart(self, hook: Callable[[int, str], None]) -> None:
-        self._sync.on_restart(hook)
 
     # ----------------------------------------------------------------- the core
     async def _call(self, method: str, args: tuple[Any, ...] = (), timeout: float | None = None) -> Any:

@@ -225,7 +225,38 @@ class _HostServices:
         return getattr(target, method)(*args, **kwargs)
 
 
-class Sidecar:
+class SupervisedFacts:
+    """What both proxies report about their worker, read from the one supervisor they share."""
+
+    _supervisor: Supervisor
+
+    @property
+    def state(self) -> SidecarState:
+        return self._supervisor.state
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id, or None when no worker runs."""
+        return self._supervisor.pid
+
+    @property
+    def incarnation(self) -> int:
+        """How many workers were started so far (1 for the first)."""
+        return self._supervisor.incarnation
+
+    def health(self) -> Health:
+        return self._supervisor.health()
+
+    def on_state_change(self, hook: Callable[[StateChange], None]) -> None:
+        """``hook(change)`` after every state change (change.old, .new, .reason)."""
+        self._supervisor.on_state_change(hook)
+
+    def on_restart(self, hook: Callable[[int, str], None]) -> None:
+        """``hook(incarnation, reason)`` after every restart, once the ledger is replayed."""
+        self._supervisor.on_restart(hook)
+
+
+class Sidecar(SupervisedFacts):
     """A supervised worker process that owns a zenoh session, and the proxy to talk to it.
 
     ``zenoh`` is a configuration dict, a json5 file path, or None (``HEROS_ZENOH_CONFIG`` if set,
@@ -308,31 +339,6 @@ class Sidecar:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-    @property
-    def state(self) -> SidecarState:
-        return self._supervisor.state
-
-    @property
-    def pid(self) -> int | None:
-        """The worker's process id, or None when no worker runs."""
-        return self._supervisor.pid
-
-    @property
-    def incarnation(self) -> int:
-        """How many workers were started so far (1 for the first)."""
-        return self._supervisor.incarnation
-
-    def health(self) -> Health:
-        return self._supervisor.health()
-
-    def on_state_change(self, hook: Callable[[StateChange], None]) -> None:
-        """``hook(change)`` after every state change (change.old, .new, .reason)."""
-        self._supervisor.on_state_change(hook)
-
-    def on_restart(self, hook: Callable[[int, str], None]) -> None:
-        """``hook(incarnation, reason)`` after every restart, once the ledger is replayed."""
-        self._supervisor.on_restart(hook)
 
     def info(self, timeout: float | None = None) -> dict[str, Any]:
         """zid of the worker's session and the zids of its peers and routers."""
