@@ -21,6 +21,11 @@ class _Pool:
 
     Leaner than ``ThreadPoolExecutor`` (no future per job; the call replies by itself). The threads
     are daemons so a served call that never returns cannot hold up the process's exit.
+
+    Every job queued is either claimed by a free thread (an idle one, or one started for it) or
+    is excess, waiting for a busy thread to finish. A thread that finishes takes excess work
+    before it counts as idle, so while any thread is idle no job waits: ``try_submit`` relies
+    on that to start a job at once or not at all.
     """
 
     def __init__(self, size: int, name: str) -> None:
@@ -29,11 +34,19 @@ class _Pool:
         self._jobs: queue.SimpleQueue[tuple[Callable[[Any], None], Any] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
-        self._idle = 0
+        self._idle = 0  # free threads no queued job has claimed
+        self._excess = 0  # queued jobs no free thread has claimed
         self._shut = False
 
     def submit(self, job: Callable[[Any], None], argument: Any) -> None:
         """Run ``job(argument)`` on a pool thread; RuntimeError once shut down."""
+        self._put(job, argument, must_start=False)
+
+    def try_submit(self, job: Callable[[Any], None], argument: Any) -> bool:
+        """Run ``job(argument)`` on a pool thread if one is free (or may be started), else do nothing."""
+        return self._put(job, argument, must_start=True)
+
+    def _put(self, job: Callable[[Any], None], argument: Any, *, must_start: bool) -> bool:
         with self._lock:
             if self._shut:
                 raise RuntimeError("pool is shut down")
@@ -43,9 +56,14 @@ class _Pool:
             elif self._threads < self._size:
                 self._threads += 1
                 start = True
+            elif must_start:
+                return False
+            else:
+                self._excess += 1
         self._jobs.put((job, argument))
         if start:
             threading.Thread(target=self._work, name=f"{self._name}-{self._threads}", daemon=True).start()
+        return True
 
     def shutdown(self) -> None:
         """Drop queued jobs and let the threads end once their current job returns."""
@@ -69,4 +87,7 @@ class _Pool:
             except BaseException:  # a job handles its own errors; this is the last resort
                 _log.exception("served job failed", pool=self._name)
             with self._lock:
-                self._idle += 1
+                if self._excess:
+                    self._excess -= 1
+                else:
+                    self._idle += 1

@@ -139,8 +139,13 @@ class Endpoint:
         self._corked: set[asyncio.AbstractEventLoop] = set()  # loops in a turn that woke callers (see _send_bytes)
         self._deadlines: dict[asyncio.AbstractEventLoop, _Deadlines] = {}
         self._closed: SidecarError | None = None
-        self._pool = _Pool(max_workers, f"{name}-serve")
-        self._reader = threading.Thread(target=self._read_loop, name=f"{name}-reader", daemon=True)
+        # One more thread than max_workers: the one reading (see _read_loop).
+        self._pool = _Pool(max_workers + 1, f"{name}-serve")
+        self._started = False
+        self._reading: threading.Thread | None = None  # the thread in the reading role
+        self._read_over = threading.Event()  # set once the reading role ended with the channel
+        self._release_wanted = False  # close() could not release the channel: the last reader does
+        self._released = False
         # What the reader wakes at the end of a batch (see _hand_over_batch).
         self._batch_settled: list[tuple[_Pending, Any, BaseException | None]] = []
         self._batch_calls: list[Call] = []
@@ -171,7 +176,8 @@ class Endpoint:
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
         """Start reading and greet the peer (a BOSS peer ignores the greeting)."""
-        self._reader.start()
+        self._started = True
+        self._pool.submit(self._read_loop, _FrameReader(self._fd, self._max_bytes))
         with contextlib.suppress(SidecarError):
             self._send(Hello(id=new_id(), version=PROTOCOL_VERSION, pid=os.getpid(), name=self.name))
 
@@ -187,11 +193,15 @@ class Endpoint:
         """Close the channel, fail pending calls with SidecarUnavailable; safe to call twice."""
         self._mark_closed(SidecarUnavailable(f"{self.name}: {reason}"))
         self._wake_reader()
-        if threading.current_thread() is not self._reader and self._reader.is_alive():
-            self._reader.join(timeout=1.0)
+        if self._started and threading.current_thread() is not self._reading:
+            self._read_over.wait(timeout=1.0)
         self._pool.shutdown()
-        if not self._reader.is_alive():
+        if not self._started or self._read_over.is_set():
             self._release_channel()
+        else:
+            self._release_wanted = True
+            if self._read_over.is_set():  # the reader ended just now, before it could see the flag
+                self._release_channel()
 
     def wait_peer(self, timeout: float) -> Hello:
         """Wait for the peer's hello (our peers send one first thing); CallTimeout otherwise."""
@@ -239,7 +249,11 @@ class Endpoint:
         return True
 
     def _release_channel(self) -> None:
-        """Close our file descriptors (without shutting the socket down for other holders)."""
+        """Close our file descriptors (without shutting the socket down for other holders); once."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
         with contextlib.suppress(OSError):
             if self._socket is not None:
                 self._socket.close()
@@ -419,7 +433,7 @@ class Endpoint:
         header, body = _frame(data)
         with self._outbox_lock:
             self._raise_if_closed()
-            if self._backlog > self._max_backlog and threading.current_thread() is not self._reader:
+            if self._backlog > self._max_backlog and threading.current_thread() is not self._reading:
                 # Backpressure: a peer that reads slower than we send must not grow our memory
                 # without bound. Never on the reader thread: two readers waiting would deadlock.
                 if not self._drained.wait_for(
@@ -514,12 +528,17 @@ class Endpoint:
         """Settle from the reader, at the end of the current batch."""
         self._batch_settled.append((pending, value, error))
 
-    def _hand_over_batch(self) -> None:
+    def _hand_over_batch(self, frames: _FrameReader | None) -> Call | None:
         """Wake the callers answered and start the calls received in the batch just read.
 
         Done last, just before the reader blocks again (which hands back the GIL): a thread woken
         earlier would find the GIL taken and sleep once more, and each wake costs microseconds.
-        Async callers are woken with one hand-off per event loop for the whole batch."""
+        Async callers are woken with one hand-off per event loop for the whole batch.
+
+        Leader/follower: when the batch brought calls and a pool thread is free, the reading role
+        (``frames``) passes to that thread and the call returned runs on this one, so a call starts
+        without waiting for another thread to wake. Otherwise (pool busy, or closing) every call
+        goes to the pool and None is returned: this thread keeps reading."""
         settled, self._batch_settled = self._batch_settled, []
         calls, self._batch_calls = self._batch_calls, []
         per_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
@@ -531,18 +550,32 @@ class Endpoint:
         for loop, items in per_loop.items():
             with contextlib.suppress(RuntimeError):  # that caller's loop is closed: no one to tell
                 loop.call_soon_threadsafe(self._deliver_on, loop, items)
+        kept = None
+        if calls and frames is not None and self._closed is None:
+            with contextlib.suppress(RuntimeError):  # pool shut down: we are closing
+                if self._pool.try_submit(self._read_loop, frames):
+                    kept = calls.pop()
         for message in calls:
             try:
                 self._pool.submit(self._run_call, message)
             except RuntimeError:  # pool shut down: we are closing
                 self._send_quietly(Error(id=message.id, error=SidecarUnavailable(f"{self.name} is closing")))
+        return kept
 
     # ----------------------------------------------------------------- reading
-    def _read_loop(self) -> None:
+    def _read_loop(self, frames: _FrameReader) -> None:
+        """The reading role, on a pool thread: read and route batches until the channel ends, or
+        until a call arrives and the role passes to another thread (see _hand_over_batch).
+
+        One thread at a time holds the role, so messages are handled in arrival order and exactly
+        one thread sees the channel end."""
+        me = threading.current_thread()
+        self._reading = me
+        own_name, me.name = me.name, f"{self.name}-reader"
         reason = "peer closed the channel"
-        frames = _FrameReader(self._fd, self._max_bytes)
+        kept: Call | None = None
         try:
-            while True:
+            while kept is None:
                 try:
                     batch = frames.batch()
                 except _ChannelEnded as exc:
@@ -556,11 +589,18 @@ class Endpoint:
                         self._oversized(frame)
                     else:
                         self._handle_bytes(frame)
-                self._hand_over_batch()
+                kept = self._hand_over_batch(frames)
         finally:
-            self._hand_over_batch()
-            if self._mark_closed(SidecarCrashed(f"{self.name}: {reason}")):
-                self._log.info("channel closed", reason=reason)
+            if kept is None:
+                self._hand_over_batch(None)
+                if self._mark_closed(SidecarCrashed(f"{self.name}: {reason}")):
+                    self._log.info("channel closed", reason=reason)
+                self._read_over.set()
+                if self._release_wanted:
+                    self._release_channel()
+        if kept is not None:
+            me.name = own_name
+            self._run_call(kept)
 
     def _handle_bytes(self, data: bytes | bytearray | memoryview) -> None:
         try:
