@@ -65,16 +65,20 @@ class _Pool:
             threading.Thread(target=self._work, name=f"{self._name}-{self._threads}", daemon=True).start()
         return True
 
-    def shutdown(self) -> None:
-        """Drop queued jobs and let the threads end once their current job returns."""
+    def shutdown(self) -> list[tuple[Callable[[Any], None], Any]]:
+        """Drop queued jobs (returned) and let the threads end once their current job returns."""
         with self._lock:
             self._shut = True
             threads = self._threads
+        dropped = []
         with contextlib.suppress(queue.Empty):
             while True:
-                self._jobs.get_nowait()
+                item = self._jobs.get_nowait()
+                if item is not None:
+                    dropped.append(item)
         for _ in range(threads):
             self._jobs.put(None)
+        return dropped
 
     def _work(self) -> None:
         while True:

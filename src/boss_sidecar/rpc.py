@@ -3,8 +3,11 @@
 One reader thread blocks on the connection (event-driven, no polling) and routes each message:
 replies settle the waiting caller by id, heartbeats are answered at once, one-way events and
 attribute access run in arrival order on the reader, and calls run in a thread pool so a slow
-method never holds up other requests or heartbeats. Sync and async callers share one core: a
-request is a ``_Pending`` registered by id; ``call`` blocks on it, ``acall`` awaits it.
+method never holds up other requests or heartbeats. The reader is itself a pool thread
+(leader/follower): when it has read a call, it passes the reading role to an idle pool thread
+and runs the call itself, so a served call starts without waiting for another thread to wake.
+Sync and async callers share one core: a request is a ``_Pending`` registered by id; ``call``
+blocks on it, ``acall`` awaits it.
 
 The bytes on the wire are exactly ``Connection.send_bytes`` framing (a ``!i`` length, or -1 and a
 ``!Q`` length, then the pickle), so a BOSS peer using ``Connection.send``/``recv`` reads them. The
@@ -195,7 +198,8 @@ class Endpoint:
         self._wake_reader()
         if self._started and threading.current_thread() is not self._reading:
             self._read_over.wait(timeout=1.0)
-        self._pool.shutdown()
+        if any(job == self._read_loop for job, _ in self._pool.shutdown()):
+            self._read_over.set()  # the reading role was passed on but not yet taken up: no one reads
         if not self._started or self._read_over.is_set():
             self._release_channel()
         else:
