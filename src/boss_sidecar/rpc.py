@@ -139,6 +139,7 @@ class Endpoint:
         self._backlog = 0  # bytes in the outbox: past max_backlog_bytes, senders wait (see _send_bytes)
         self._max_backlog = max_backlog_bytes
         self._drained = threading.Condition(self._outbox_lock)
+        self._throttled = 0  # senders waiting on _drained
         self._corked: set[asyncio.AbstractEventLoop] = set()  # loops in a turn that woke callers (see _send_bytes)
         self._deadlines: dict[asyncio.AbstractEventLoop, _Deadlines] = {}
         self._closed: SidecarError | None = None
@@ -440,18 +441,27 @@ class Endpoint:
             if self._backlog > self._max_backlog and threading.current_thread() is not self._reading:
                 # Backpressure: a peer that reads slower than we send must not grow our memory
                 # without bound. Never on the reader thread: two readers waiting would deadlock.
-                if not self._drained.wait_for(
-                    lambda: self._backlog <= self._max_backlog or self._closed is not None, self._send_timeout
-                ):
+                self._throttled += 1
+                try:
+                    drained = self._drained.wait_for(
+                        lambda: self._backlog <= self._max_backlog or self._closed is not None, self._send_timeout
+                    )
+                finally:
+                    self._throttled -= 1
+                if not drained:
                     raise CallTimeout(f"{self.name}: peer not reading: {self._backlog} bytes still queued")
                 self._raise_if_closed()
             self._backlog += len(header) + len(body)
-            self._outbox.append(header)
-            self._outbox.append(body)
-            if self._writing or (loop in self._corked and len(self._outbox) < _CORK_PARTS):
-                return
+            if self._writing or self._outbox or loop in self._corked:
+                self._outbox.append(header)
+                self._outbox.append(body)
+                if self._writing or (loop in self._corked and len(self._outbox) < _CORK_PARTS):
+                    return
+                parts = None
+            else:
+                parts = [header, body]  # nothing queued: write it directly
             self._writing = True
-        self._write_outbox(block=False)
+        self._write_outbox(block=False, parts=parts)
 
     def _deliver_on(self, loop: asyncio.AbstractEventLoop, items: list[tuple[asyncio.Future[Any], Any, Any]]) -> None:
         """On ``loop``: resolve the futures of a batch of replies; cork the loop's writes for this turn."""
@@ -469,20 +479,29 @@ class Endpoint:
         with contextlib.suppress(SidecarCrashed):  # the channel broke: closing failed every pending request
             self._write_outbox(block=False)
 
-    def _write_outbox(self, *, block: bool) -> None:
-        """Write until the outbox is empty. Without ``block``, what the socket will not take at once
-        goes to a writer thread (which blocks, bounded by the send timeout) so no caller waits here."""
-        while True:
+    def _write_outbox(self, *, block: bool, parts: list[Any] | None = None) -> None:
+        """Write ``parts`` (if given) then until the outbox is empty; the caller set ``_writing``.
+
+        Without ``block``, what the socket will not take at once goes to a writer thread (which
+        blocks, bounded by the send timeout) so no caller waits here."""
+        if parts is None:
             with self._outbox_lock:
                 parts, self._outbox = self._outbox, []
                 if not parts or self._closed is not None:
                     self._writing = False
                     return
+        while True:
             try:
                 rest = self._write(parts, block=block)
                 with self._outbox_lock:
                     self._backlog -= sum(map(len, parts)) - sum(map(len, rest))
-                    self._drained.notify_all()
+                    if self._throttled:
+                        self._drained.notify_all()
+                    if not rest:  # take what was queued meanwhile, under the same lock
+                        parts, self._outbox = self._outbox, []
+                        if not parts or self._closed is not None:
+                            self._writing = False
+                            return
             except OSError as exc:
                 problem = SidecarCrashed(f"{self.name}: channel broken while sending: {exc}")
                 with self._outbox_lock:
