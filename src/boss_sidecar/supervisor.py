@@ -32,6 +32,7 @@ from boss_sidecar.states import ACTIVE_STATES, SidecarState, StateChange, StateM
 
 S = SidecarState
 _log = structlog.get_logger("boss_sidecar.supervisor")
+_FORKED_REASON = "this is a forked child: the worker belongs to the parent process; make a new Sidecar here"
 
 
 class ProcessBackend:
@@ -128,16 +129,19 @@ class Supervisor:
     # ----------------------------------------------------------------- facts
     @property
     def state(self) -> SidecarState:
-        return self._machine.state
+        """The machine's state; in a forked child always STOPPED, since the worker is the parent's."""
+        return self._machine.state if self.owned_by_this_process else S.STOPPED
 
     @property
     def reason(self) -> str:
-        return self._machine.reason
+        return self._machine.reason if self.owned_by_this_process else _FORKED_REASON
 
     @property
     def pid(self) -> int | None:
         current = self._current
-        return None if current is None or current.process.returncode is not None else current.process.pid
+        if current is None or current.process.returncode is not None or not self.owned_by_this_process:
+            return None
+        return current.process.pid
 
     @property
     def incarnation(self) -> int:
@@ -504,7 +508,7 @@ class Supervisor:
     def health(self) -> Health:
         current = self._current
         state = self.state
-        alive = current is not None and current.process.returncode is None
+        alive = current is not None and current.process.returncode is None and self.owned_by_this_process
         reading = current.probe.read() if current is not None and alive else None
         now = time.monotonic()
         heartbeat_age = None

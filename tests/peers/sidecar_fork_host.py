@@ -17,7 +17,9 @@ from boss_sidecar.testing import peer_config
 
 
 def child_main(parent: Sidecar) -> int:
-    """In the child: the parent's sidecar is not ours to use; our own works."""
+    """In the child: the parent's sidecar is not ours to use (and says so); our own works."""
+    if parent.state != "stopped" or parent.pid is not None or "forked child" not in parent.health().reason:
+        return 4
     for use in (lambda: parent.info(timeout=5), lambda: parent.put("fork/parent", "from the child")):
         try:
             use()
