@@ -94,7 +94,8 @@ def test_method_blocking_forever_times_out_and_the_worker_is_replaced_while_othe
     (outcome,) = finish()
     assert isinstance(outcome, CallTimeout), outcome
     reason = watch.next_reason()
-    assert reason.startswith("hung: call 'call_object' running ") and reason.endswith("past its 1s timeout"), reason
+    assert reason.startswith("hung: call 'block_forever' of FaultEcho (hosted #"), reason
+    assert reason.endswith("past its 1s timeout"), reason
     assert sidecar.pid != first
     assert echo.echo("after") == "after"
     assert echo.blocking == 0  # hosted again, fresh, on the new worker

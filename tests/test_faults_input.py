@@ -146,7 +146,7 @@ def test_oversized_argument_is_refused_before_anything_is_sent(serving: Serving)
 
 def test_oversized_result_is_an_error_naming_the_result(serving: Serving) -> None:
     """A result over the limit: the worker sends MessageTooLarge for it instead."""
-    with pytest.raises(MessageTooLarge, match=r"result of call 'call_object'.*exceeds the limit"):
+    with pytest.raises(MessageTooLarge, match=r"result of call 'big' of FaultEcho \(hosted #\d+\).*exceeds the limit"):
         serving.echo.big(DEFAULT_MAX_MESSAGE_BYTES + 1)
     serving.assert_still_serving()
 
@@ -198,7 +198,7 @@ def test_argument_the_worker_cannot_unpickle_is_a_protocol_error(serving: Servin
 
 def test_unpicklable_result_is_an_encode_error_naming_the_result(serving: Serving) -> None:
     """A method returns a lock: EncodeError naming the result, raised in the host."""
-    with pytest.raises(EncodeError, match=r"result of call 'call_object'.*result \(lock\) cannot be pickled"):
+    with pytest.raises(EncodeError, match=r"of call 'make_lock' of FaultEcho .*result \(lock\) cannot be pickled"):
         serving.echo.make_lock()
     serving.assert_still_serving()
 

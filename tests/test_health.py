@@ -131,7 +131,7 @@ def test_method_that_never_returns_gets_the_worker_restarted(make_sidecar: MakeS
     with pytest.raises(CallTimeout):
         sleeper.block()
     health = wait_until(lambda: _restarted(sidecar, 1), 20, "restart")
-    assert "hung: call 'call_object' running" in health.reason and "past its 0.5s timeout" in health.reason
+    assert "hung: call 'block' of Sleeper (hosted #" in health.reason and "past its 0.5s timeout" in health.reason
     assert sleeper.ping() == "pong"  # hosted again on the new worker
 
 

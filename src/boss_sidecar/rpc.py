@@ -98,6 +98,8 @@ class Endpoint:
     With ``loop`` set, everything served runs on that event loop, in order (BOSS's semantics);
     otherwise calls run in a thread pool and attribute access and events on the reader thread.
     ``on_stop`` handles the peer's stop request; ``on_close`` runs once when the channel ends.
+    ``describe`` names a served call in overdue reports and result errors when the target knows better than its
+    method name (a dispatcher such as the worker's ``call_object``); None falls back to that.
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class Endpoint:
         default_timeout: float = DEFAULT_TIMEOUT,
         send_timeout: float = DEFAULT_SEND_TIMEOUT,
         overdue_grace: float = 2.0,
+        describe: Callable[[Call], str | None] | None = None,
         max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
         start: bool = True,
     ) -> None:
@@ -158,6 +161,7 @@ class Endpoint:
         """What the peer's last pong reported as overdue: calls running long after their timeout."""
         self._running: dict[int, tuple[Call, float]] = {}  # served calls and when they arrived
         self._overdue_grace = overdue_grace
+        self._describe_call = describe
         self.peer_ready = threading.Event()
         self.stop_acknowledged = threading.Event()
         self.closed = threading.Event()
@@ -226,10 +230,18 @@ class Endpoint:
         """Served calls running (or queued) well past the timeout their caller gave them."""
         now = time.monotonic()
         return [
-            f"{_describe(call)} running {now - started:.1f}s, past its {call.timeout:g}s timeout"
+            f"{self._name_served(call)} running {now - started:.1f}s, past its {call.timeout:g}s timeout"
             for call, started in list(self._running.values())
             if call.timeout is not None and now - started > call.timeout + self._overdue_grace
         ]
+
+    def _name_served(self, call: Call) -> str:
+        if self._describe_call is not None:
+            with contextlib.suppress(Exception):  # a report must not fail because a name could not be made
+                named = self._describe_call(call)
+                if named:
+                    return named
+        return _describe(call)
 
     def _mark_closed(self, error: SidecarError) -> bool:
         with self._lock:
@@ -858,7 +870,8 @@ class Endpoint:
         try:
             self._send(Result(id=request.id, payload=value))
         except (EncodeError, MessageTooLarge) as exc:
-            self._reply_error(request.id, type(exc)(f"{self.name}: result of {_describe(request)}: {exc}"))
+            what = self._name_served(request) if isinstance(request, Call) else _describe(request)
+            self._reply_error(request.id, type(exc)(f"{self.name}: result of {what}: {exc}"))
         except SidecarError as exc:
             self._log.debug("reply not sent", reason=str(exc))
 

@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         name=f"{args.name}/worker",
         on_stop=lambda why: _bounded(lambda: service.stop(why), args.stop_bound),
         on_close=lambda _error: done.set(),
+        describe=service._describe_call,
         start=False,
     )
     service._attach(endpoint)

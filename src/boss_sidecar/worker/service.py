@@ -19,6 +19,7 @@ import structlog
 import zenoh
 
 from boss_sidecar.errors import ConfigError, ZenohError
+from boss_sidecar.protocol import Call
 from boss_sidecar.rpc import Endpoint
 from boss_sidecar.samples import ObjectRef, QueryReply
 from boss_sidecar.worker.forward import Forwarder
@@ -407,6 +408,15 @@ class WorkerService:
             return self._objects[obj_id]
         except KeyError:
             raise LookupError(f"no hosted object #{obj_id}") from None
+
+    def _describe_call(self, call: Call) -> str | None:
+        """How overdue reports name a call to a hosted object: its class and method, not ``call_object``."""
+        if call.method != "call_object" or len(call.args) < 2:
+            return None
+        obj_id, method = call.args[0], call.args[1]
+        instance = self._objects.get(obj_id) if isinstance(obj_id, int) else None
+        owner = "a hosted object that is gone" if instance is None else type(instance).__qualname__
+        return f"call {method!r} of {owner} (hosted #{obj_id})"
 
     def call_object(self, obj_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         function = getattr(self._hosted(obj_id, method), method)
