@@ -331,6 +331,27 @@ def test_delete_reaches_the_subscriber_after_earlier_puts(make_sidecar: Callable
     assert (first.kind, first.text(), second.kind, second.payload) == ("put", "value", "delete", b"")
 
 
+def test_a_burst_of_mixed_samples_arrives_each_with_its_own_fields(make_sidecar: Callable[..., Sidecar]) -> None:
+    """Samples that travel together (keys, kinds, encodings and attachments differing or alike) keep their own."""
+    sidecar = make_sidecar("mixed")
+    subscription = sidecar.subscribe("mix/**")
+    expected = []
+    for index in range(300):
+        key, attachment = f"mix/{index % 3}", (b"a%d" % index if index % 5 == 0 else None)
+        if index % 7 == 6:
+            sidecar.delete(key)
+            expected.append(Sample(key, b"", "delete", "zenoh/bytes", None, None))
+            continue
+        encoding = "text/plain" if index % 2 else "zenoh/bytes"
+        sidecar.put(key, b"%d" % index, encoding=encoding, attachment=attachment)
+        expected.append(Sample(key, b"%d" % index, "put", encoding, None, attachment))
+    for index in range(100):  # and a stretch where every field but the payload is alike
+        sidecar.put("mix/same", b"s%d" % index)
+        expected.append(Sample("mix/same", b"s%d" % index, "put", "zenoh/bytes", None, None))
+    sidecar.flush()
+    assert [subscription.recv(timeout=BOUND) for _ in expected] == expected
+
+
 def test_many_puts_travel_as_few_messages(make_sidecar: Callable[..., Sidecar]) -> None:
     """Puts made while a batch is on the wire go together as one message to the worker."""
     sidecar = make_sidecar("coalesce")

@@ -5,11 +5,17 @@ They hold only bytes and strings, so the host can use them without importing zen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import itertools
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
-SampleTuple = tuple[str, bytes, str, str, "str | None", "bytes | None"]
-"""Wire form of a Sample: key, payload, kind, encoding, timestamp, attachment."""
+T = TypeVar("T")
+
+SampleRun = tuple[int, Any, list[bytes], Any, Any, Any, Any]
+"""Wire form of a run of samples for one declaration: its id, then one column per field (key,
+payload, kind, encoding, timestamp, attachment). Payloads are always a list; any other column is
+a list, or its one value when every sample has the same (see ``column``): a stream on one key
+then costs its key, kind and encoding once per run, not once per sample, on both sides."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,13 +29,46 @@ class Sample:
     timestamp: str | None = None
     attachment: bytes | None = None
 
-    @classmethod
-    def from_wire(cls, item: SampleTuple) -> Sample:
-        return cls(*item)
-
     def text(self, encoding: str = "utf-8") -> str:
         """The payload decoded as text."""
         return self.payload.decode(encoding)
+
+
+def column(values: list[T]) -> list[T] | T:
+    """``values`` for a ``SampleRun``: the one value when all are equal (values are never lists)."""
+    first = values[0]
+    return first if values.count(first) == len(values) else values
+
+
+_new = object.__new__
+_set_fields = tuple(getattr(Sample, field.name).__set__ for field in fields(Sample))
+
+
+def samples_of(run: SampleRun) -> list[Sample]:
+    """The samples of a ``SampleRun``, in order.
+
+    Built through the slots directly: a frozen dataclass's ``__init__`` takes about twice as long,
+    and this runs once per delivered sample."""
+    _, keys, payloads, kinds, encodings, timestamps, attachments = run
+    count = len(payloads)
+    columns = [
+        values if isinstance(values, list) else itertools.repeat(values, count)
+        for values in (keys, kinds, encodings, timestamps, attachments)
+    ]
+    set_key, set_payload, set_kind, set_encoding, set_timestamp, set_attachment = _set_fields
+    samples = []
+    for key, payload, kind, encoding, timestamp, attachment in zip(
+        columns[0], payloads, columns[1], columns[2], columns[3], columns[4], strict=False
+    ):
+        sample = _new(Sample)
+        set_key(sample, key)
+        set_payload(sample, payload)
+        set_kind(sample, kind)
+        set_encoding(sample, encoding)
+        set_timestamp(sample, timestamp)
+        set_attachment(sample, attachment)
+        samples.append(sample)
+    return samples
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,6 @@ import contextlib
 import functools
 import itertools
 import json
-import operator
 import os
 import threading
 import weakref
@@ -29,7 +28,7 @@ from boss_sidecar.errors import CallTimeout, ConfigError, SidecarError, SidecarU
 from boss_sidecar.health import Health
 from boss_sidecar.policy import SidecarPolicy
 from boss_sidecar.rpc import Endpoint
-from boss_sidecar.samples import ObjectRef, Query, QueryReply, Reply, Sample, normalise_payload
+from boss_sidecar.samples import ObjectRef, Query, QueryReply, Reply, Sample, SampleRun, normalise_payload, samples_of
 from boss_sidecar.states import SidecarState, StateChange
 from boss_sidecar.supervisor import ProcessBackend, Supervisor
 
@@ -196,12 +195,12 @@ class _HostServices:
     def __init__(self, sidecar: Sidecar) -> None:
         self._sidecar = sidecar
 
-    def samples(self, items: list[tuple[int, Any]]) -> None:
-        ledger, from_wire = self._sidecar._ledger, Sample.from_wire
-        for decl_id, run in itertools.groupby(items, key=operator.itemgetter(0)):
-            declaration = ledger.get(decl_id)
+    def samples(self, runs: list[SampleRun]) -> None:
+        ledger = self._sidecar._ledger
+        for run in runs:
+            declaration = ledger.get(run[0])
             if declaration is not None and declaration.delivery is not None:
-                declaration.delivery.put_many([from_wire(wire) for _, wire in run])
+                declaration.delivery.put_many(samples_of(run))
 
     def queries(self, items: list[tuple[Any, ...]]) -> None:
         ledger = self._sidecar._ledger

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import itertools
+import operator
 import os
 import sys
 import threading
@@ -21,8 +23,8 @@ import zenoh
 from boss_sidecar.errors import ConfigError, ZenohError
 from boss_sidecar.protocol import Call
 from boss_sidecar.rpc import Endpoint
-from boss_sidecar.samples import ObjectRef, QueryReply
-from boss_sidecar.worker.forward import Forwarder
+from boss_sidecar.samples import ObjectRef, QueryReply, SampleRun, column
+from boss_sidecar.worker.forward import MAX_MESSAGE_BYTES, Forwarder
 
 _log = structlog.get_logger("boss_sidecar.worker")
 
@@ -80,17 +82,31 @@ def _zenoh_call(what: str, function: Callable[[], Any]) -> Any:
 _PUT = zenoh.SampleKind.PUT
 
 
-def sample_tuple(sample: Any) -> tuple[str, bytes, str, str, str | None, bytes | None]:
-    attachment = sample.attachment
-    timestamp = sample.timestamp
-    return (
-        str(sample.key_expr),
-        sample.payload.to_bytes(),
-        "put" if sample.kind == _PUT else "delete",
-        str(sample.encoding),
-        None if timestamp is None else str(timestamp),
-        None if attachment is None else attachment.to_bytes(),
-    )
+def sample_runs(decl_id: int, samples: list[Any]) -> list[SampleRun]:
+    """``samples`` (of one declaration) as runs for the host, each of at most MAX_MESSAGE_BYTES of payload
+    (or one sample), so the forwarder can keep messages small."""
+    payloads = [sample.payload.to_bytes() for sample in samples]
+    runs: list[SampleRun] = []
+    start, weight = 0, 0
+    for index, payload in enumerate(payloads):
+        weight += len(payload)
+        if weight >= MAX_MESSAGE_BYTES or index == len(payloads) - 1:
+            part = samples[start : index + 1]
+            timestamps = [sample.timestamp for sample in part]
+            attachments = [sample.attachment for sample in part]
+            runs.append(
+                (
+                    decl_id,
+                    column([str(sample.key_expr) for sample in part]),
+                    payloads[start : index + 1],
+                    column(["put" if sample.kind == _PUT else "delete" for sample in part]),
+                    column([str(sample.encoding) for sample in part]),
+                    column([None if stamp is None else str(stamp) for stamp in timestamps]),
+                    column([None if extra is None else extra.to_bytes() for extra in attachments]),
+                )
+            )
+            start, weight = index + 1, 0
+    return runs
 
 
 def _query_fields(query: Any) -> tuple[str, str, str, bytes | None, str | None, bytes | None]:
@@ -175,7 +191,11 @@ class WorkerService:
     def _convert(self, kind: str, items: list[Any]) -> list[Any]:
         """What travels to the host for a run of forwarded items of one kind (the forwarder's thread)."""
         if kind == "samples":
-            return [(decl_id, sample_tuple(sample)) for decl_id, sample in items]
+            return [
+                run
+                for decl_id, group in itertools.groupby(items, key=operator.itemgetter(0))
+                for run in sample_runs(decl_id, [sample for _, sample in group])
+            ]
         if kind in ("logs", "put_failed"):
             return items
         if kind == "queries":
@@ -192,7 +212,7 @@ class WorkerService:
     def _weigh(kind: str, item: Any) -> int:
         """Payload bytes of a converted item, so the forwarder keeps messages small."""
         if kind == "samples":
-            return len(item[1][1])
+            return sum(map(len, item[2]))
         if kind == "queries" and item[5] is not None:
             return len(item[5])
         return 0
