@@ -279,9 +279,10 @@ def test_async_attribute_access(child: Child) -> None:
 
 def test_close_is_idempotent_ends_the_reader_and_the_child(child: Child) -> None:
     """close() twice is fine; the reader thread ends; later calls raise SidecarUnavailable; the child exits."""
+    readers = [thread for thread in threading.enumerate() if thread.name == "parent-reader"]
+    assert len(readers) == 1
     child.endpoint.close()
     child.endpoint.close("again")
-    readers = [thread for thread in threading.enumerate() if thread.name == "parent-reader"]
     for thread in readers:
         thread.join(WAIT)
     assert not any(thread.is_alive() for thread in readers)
