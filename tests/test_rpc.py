@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from boss_sidecar._pickling import _dump_parts
 from boss_sidecar.errors import (
     CallTimeout,
     EncodeError,
@@ -338,6 +339,30 @@ def test_concurrent_large_and_small_messages_keep_their_framing(child: Child) ->
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda payload: child.endpoint.call("echo", payload, timeout=WAIT), payloads))
     assert results == payloads
+
+
+def test_a_large_buffer_changed_right_after_sending_arrives_as_it_was_sent(child: Child) -> None:
+    """Large payloads go out uncopied, but a mutable one is copied: changing it after notify() changes nothing sent."""
+    original = bytes(range(256)) * 20_000  # 5 MB: more than the socket takes at once
+    buffer = bytearray(original)
+    child.process.send_signal(signal.SIGSTOP)  # the child reads nothing: most of it waits on our side
+    try:
+        child.endpoint.notify("record", buffer)
+        buffer[:] = b"\0" * len(buffer)
+        child.endpoint.notify("record", original)  # and an immutable one, which travels uncopied
+    finally:
+        child.process.send_signal(signal.SIGCONT)
+    assert child.endpoint.call("recorded", timeout=WAIT) == [original, original]
+
+
+def test_pickled_in_parts_is_pickled_the_same_with_large_bytes_uncopied() -> None:
+    """The parts a message is sent in join to exactly what pickle.dumps makes."""
+    large = b"x" * 70_000
+    message = {"type": "e", "args": (large, bytearray(b"y" * 70_000), "small", [b"z" * 10])}
+    parts = _dump_parts(message)
+    assert b"".join(parts) == pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    assert any(part is large for part in parts)
+    assert all(type(part) is bytes for part in parts)
 
 
 def test_notify_events_run_in_order(child: Child) -> None:

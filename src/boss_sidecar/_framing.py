@@ -120,10 +120,9 @@ class _FrameReader:
             self._fill(0, f" of {size} bytes")
 
 
-def _frame(data: bytes) -> tuple[bytes, bytes]:
-    """Connection's framing of one message: its header and its bytes."""
-    size = len(data)
-    return (_HEADER.pack(size) if size <= _LONG else _LONG_HEADER.pack(-1, size)), data
+def _header(size: int) -> bytes:
+    """Connection's header for a message of ``size`` bytes."""
+    return _HEADER.pack(size) if size <= _LONG else _LONG_HEADER.pack(-1, size)
 
 
 def _after(parts: list[Any], sent: int) -> list[Any]:

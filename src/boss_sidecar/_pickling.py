@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import traceback
+from typing import Any
 
 from boss_sidecar.errors import RemoteError
 from boss_sidecar.protocol import Call, Error, Event, Message, Result, SetAttribute
@@ -15,6 +16,26 @@ from boss_sidecar.protocol import Call, Error, Event, Message, Result, SetAttrib
 
 def _dumps(obj: object) -> bytes:
     return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class _Parts:
+    """A pickler's file that keeps the pieces it is given."""
+
+    __slots__ = ("write",)
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.write = parts.append
+
+
+def _dump_parts(obj: object) -> list[bytes]:
+    """``obj`` pickled (the same bytes as ``_dumps``), as the pieces the pickler wrote.
+
+    The pickler hands any bytes object of 64 KiB or more straight to its file, so a large payload
+    is one of the pieces, uncopied: it is copied once, into the socket, not first into a pickle.
+    Mutable pieces (a bytearray) are copied, as the message may be written after the caller moved on."""
+    parts: list[Any] = []
+    pickle.Pickler(_Parts(parts), protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return [part if type(part) is bytes else bytes(part) for part in parts]
 
 
 def _travels(exc: BaseException) -> bool:

@@ -35,9 +35,9 @@ from typing import Any
 
 import structlog
 
-from boss_sidecar._framing import _after, _ChannelEnded, _frame, _FrameReader, _Oversized
+from boss_sidecar._framing import _after, _ChannelEnded, _FrameReader, _header, _Oversized
 from boss_sidecar._pending import _Deadlines, _deliver, _describe, _Expired, _Pending
-from boss_sidecar._pickling import _dumps, _which_unpicklable, portable_error
+from boss_sidecar._pickling import _dump_parts, _dumps, _which_unpicklable, portable_error
 from boss_sidecar._pool import _Pool
 from boss_sidecar._salvage import _load_structure, _salvage, _StandIn
 from boss_sidecar.errors import (
@@ -377,13 +377,13 @@ class Endpoint:
 
     def _begin(self, message: Message, loop: asyncio.AbstractEventLoop | None = None) -> _Pending:
         """Register the request and send it; the send never waits on the channel, so deadlines hold."""
-        data = self._encode(message)
+        parts = self._encode(message)
         pending = _Pending(message, loop)
         with self._lock:
             self._raise_if_closed()
             self._pending[message.id] = pending
         try:
-            self._send_bytes(data, loop)
+            self._send_parts(parts, loop)
         except BaseException:
             self._pending.pop(message.id, None)
             raise
@@ -425,29 +425,41 @@ class Endpoint:
                 deadlines = self._deadlines[loop] = _Deadlines(loop)
         return deadlines
 
-    def _encode(self, message: Message) -> bytes:
+    def _encode(self, message: Message) -> list[bytes]:
+        """The message pickled, as the parts to write.
+
+        Events (samples, put batches, query replies: the bulk traffic) are pickled in parts, their
+        large payloads uncopied (see _dump_parts); other messages in one piece, which is quicker
+        for the small ones requests and replies mostly are."""
         try:
-            data = _dumps(message.to_wire())
+            wire = message.to_wire()
+            parts = _dump_parts(wire) if type(message) is Event else [_dumps(wire)]
         except Exception as exc:
             what = _describe(message)
             raise EncodeError(f"{self.name}: {what}: {_which_unpicklable(message)} cannot be pickled: {exc}") from exc
-        if len(data) > self._max_bytes:
+        size = sum(map(len, parts)) if len(parts) > 1 else len(parts[0])
+        if size > self._max_bytes:
             raise MessageTooLarge(
-                f"{self.name}: {_describe(message)}: message of {len(data)} bytes"
+                f"{self.name}: {_describe(message)}: message of {size} bytes"
                 f" exceeds the limit of {self._max_bytes} bytes"
             )
-        return data
+        return parts
 
     def _send(self, message: Message) -> None:
-        self._send_bytes(self._encode(message))
+        self._send_parts(self._encode(message))
 
     def _send_bytes(self, data: bytes, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """Queue one message and write the queue unless another thread is writing it already.
+        """Send one message's bytes as they are."""
+        self._send_parts([data], loop)
+
+    def _send_parts(self, body: list[bytes], loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Queue one message (its pickle, in parts) and write the queue unless another thread is writing it already.
 
         On an event loop (``loop``) in a turn that woke callers, the write waits for the end of the
         turn: the requests the woken tasks make go out with one system call. A thread that sends
         meanwhile writes them along with its own, so a busy loop never holds up other senders."""
-        header, body = _frame(data)
+        size = sum(map(len, body)) if len(body) > 1 else len(body[0])
+        header = _header(size)
         with self._outbox_lock:
             self._raise_if_closed()
             if self._backlog > self._max_backlog and threading.current_thread() is not self._reading:
@@ -463,15 +475,15 @@ class Endpoint:
                 if not drained:
                     raise CallTimeout(f"{self.name}: peer not reading: {self._backlog} bytes still queued")
                 self._raise_if_closed()
-            self._backlog += len(header) + len(body)
+            self._backlog += len(header) + size
             if self._writing or self._outbox or loop in self._corked:
                 self._outbox.append(header)
-                self._outbox.append(body)
+                self._outbox += body
                 if self._writing or (loop in self._corked and len(self._outbox) < _CORK_PARTS):
                     return
                 parts = None
             else:
-                parts = [header, body]  # nothing queued: write it directly
+                parts = [header, *body]  # nothing queued: write it directly
             self._writing = True
         self._write_outbox(block=False, parts=parts)
 
