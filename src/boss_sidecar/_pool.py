@@ -46,6 +46,10 @@ class _Pool:
         """Run ``job(argument)`` on a pool thread if one is free (or may be started), else do nothing."""
         return self._put(job, argument, must_start=True)
 
+    def has_free(self) -> bool:
+        """Whether a job submitted now would start at once (a hint: another submit may take it first)."""
+        return self._idle > 0 or self._threads < self._size
+
     def _put(self, job: Callable[[Any], None], argument: Any, *, must_start: bool) -> bool:
         with self._lock:
             if self._shut:

@@ -4,8 +4,10 @@ One reader thread blocks on the connection (event-driven, no polling) and routes
 replies settle the waiting caller by id, heartbeats are answered at once, one-way events and
 attribute access run in arrival order on the reader, and calls run in a thread pool so a slow
 method never holds up other requests or heartbeats. The reader is itself a pool thread
-(leader/follower): when it has read a call, it passes the reading role to an idle pool thread
-and runs the call itself, so a served call starts without waiting for another thread to wake.
+(leader/follower): when it has read a call it runs the call itself, so a served call starts
+without waiting for another thread to wake. Meanwhile a standby thread watches the channel
+(epoll, armed once) and starts another reader only if a message arrives before the call returns;
+on a busy channel the reading passes to a pool thread at once instead.
 Sync and async callers share one core: a request is a ``_Pending`` registered by id; ``call``
 blocks on it, ``acall`` awaits it.
 
@@ -40,6 +42,7 @@ from boss_sidecar._pending import _Deadlines, _deliver, _describe, _Expired, _Pe
 from boss_sidecar._pickling import _dump_parts, _dumps, _which_unpicklable, portable_error
 from boss_sidecar._pool import _Pool
 from boss_sidecar._salvage import _load_structure, _salvage, _StandIn
+from boss_sidecar._standby import _Standby
 from boss_sidecar.errors import (
     CallTimeout,
     EncodeError,
@@ -150,6 +153,9 @@ class Endpoint:
         self._pool = _Pool(max_workers + 1, f"{name}-serve")
         self._started = False
         self._reading: threading.Thread | None = None  # the thread in the reading role
+        self._role = threading.Lock()  # held by the thread reading; never released once the channel ended
+        self._standby: _Standby | None = None
+        self._frames: _FrameReader | None = None
         self._read_over = threading.Event()  # set once the reading role ended with the channel
         self._release_wanted = False  # close() could not release the channel: the last reader does
         self._released = False
@@ -185,7 +191,10 @@ class Endpoint:
     def start(self) -> None:
         """Start reading and greet the peer (a BOSS peer ignores the greeting)."""
         self._started = True
-        self._pool.submit(self._read_loop, _FrameReader(self._fd, self._max_bytes))
+        self._frames = _FrameReader(self._fd, self._max_bytes)
+        self._standby = _Standby(self._fd, self._take_over, self.name)
+        self._role.acquire()
+        self._pool.submit(self._read_loop, self._frames)
         with contextlib.suppress(SidecarError):
             self._send(Hello(id=new_id(), version=PROTOCOL_VERSION, pid=os.getpid(), name=self.name))
 
@@ -271,6 +280,7 @@ class Endpoint:
             if self._released:
                 return
             self._released = True
+        self._stop_standby()
         with contextlib.suppress(OSError):
             if self._socket is not None:
                 self._socket.close()
@@ -582,10 +592,8 @@ class Endpoint:
         earlier would find the GIL taken and sleep once more, and each wake costs microseconds.
         Async callers are woken with one hand-off per event loop for the whole batch.
 
-        Leader/follower: when the batch brought calls and a pool thread is free, the reading role
-        (``frames``) passes to that thread and the call returned runs on this one, so a call starts
-        without waiting for another thread to wake. Otherwise (pool busy, or closing) every call
-        goes to the pool and None is returned: this thread keeps reading."""
+        The last call of the batch is returned for the reader to run itself (see _read_loop), the
+        others go to the pool; None when there is none (or when closing): the reader reads on."""
         settled, self._batch_settled = self._batch_settled, []
         calls, self._batch_calls = self._batch_calls, []
         per_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
@@ -597,57 +605,126 @@ class Endpoint:
         for loop, items in per_loop.items():
             with contextlib.suppress(RuntimeError):  # that caller's loop is closed: no one to tell
                 loop.call_soon_threadsafe(self._deliver_on, loop, items)
-        kept = None
-        if calls and frames is not None and self._closed is None:
-            with contextlib.suppress(RuntimeError):  # pool shut down: we are closing
-                if self._pool.try_submit(self._read_loop, frames):
-                    kept = calls.pop()
+        kept = calls.pop() if calls and frames is not None and self._closed is None else None
         for message in calls:
-            try:
-                self._pool.submit(self._run_call, message)
-            except RuntimeError:  # pool shut down: we are closing
-                self._send_quietly(Error(id=message.id, error=SidecarUnavailable(f"{self.name} is closing")))
+            self._start_call(message)
         return kept
 
-    # ----------------------------------------------------------------- reading
-    def _read_loop(self, frames: _FrameReader) -> None:
-        """The reading role, on a pool thread: read and route batches until the channel ends, or
-        until a call arrives and the role passes to another thread (see _hand_over_batch).
-
-        One thread at a time holds the role, so messages are handled in arrival order and exactly
-        one thread sees the channel end."""
-        me = threading.current_thread()
-        self._reading = me
-        own_name, me.name = me.name, f"{self.name}-reader"
-        reason = "peer closed the channel"
-        kept: Call | None = None
+    def _start_call(self, message: Call) -> None:
+        """Run a served call on a pool thread."""
         try:
-            while kept is None:
-                try:
-                    batch = frames.batch()
-                except _ChannelEnded as exc:
-                    reason = str(exc)
-                    break
-                except (OSError, ValueError, ProtocolError) as exc:
-                    reason = f"channel failed while reading: {exc}"
-                    break
-                for frame in batch:
-                    if isinstance(frame, _Oversized):
-                        self._oversized(frame)
-                    else:
-                        self._handle_bytes(frame)
-                kept = self._hand_over_batch(frames)
-        finally:
-            if kept is None:
-                self._hand_over_batch(None)
-                if self._mark_closed(SidecarCrashed(f"{self.name}: {reason}")):
-                    self._log.info("channel closed", reason=reason)
-                self._read_over.set()
-                if self._release_wanted:
-                    self._release_channel()
-        if kept is not None:
+            self._pool.submit(self._run_call, message)
+        except RuntimeError:  # pool shut down: we are closing
+            self._send_quietly(Error(id=message.id, error=SidecarUnavailable(f"{self.name} is closing")))
+
+    # ----------------------------------------------------------------- reading
+    def _read_loop(self, frames: _FrameReader, on_standby: bool = False) -> None:
+        """The reading role, on a pool thread that holds ``_role``: read and route batches until the
+        channel ends.
+
+        Leader/follower: a call read is run on this thread, so it starts without waiting for another
+        thread to wake. Meanwhile the role is free and the standby watches the channel: if a message
+        arrives before the call returns, it starts another reader; if not, this thread takes the
+        role back and reads on, and a quick call woke no other thread. One thread at a time holds the
+        role, so messages are handled in arrival order and exactly one thread sees the channel end.
+
+        ``on_standby``: the standby reads because no pool thread was free to; it runs no call itself
+        and passes the reading to a pool thread as soon as one is free."""
+        me = threading.current_thread()
+        own_name = me.name
+        reason = "peer closed the channel"
+        while True:
+            self._reading, me.name = me, f"{self.name}-reader"
+            try:
+                kept = self._read_until_call(frames, on_standby)
+            except _ChannelEnded as exc:
+                reason = str(exc)
+                break
+            except (OSError, ValueError, ProtocolError) as exc:
+                reason = f"channel failed while reading: {exc}"
+                break
             me.name = own_name
-            self._run_call(kept)
+            if kept is None or not self._run_read_call(kept, frames):
+                return  # another thread reads now
+        # The channel ended: the role stays taken, so no one reads a closed descriptor.
+        self._reading = None
+        me.name = own_name
+        self._hand_over_batch(None)
+        if self._mark_closed(SidecarCrashed(f"{self.name}: {reason}")):
+            self._log.info("channel closed", reason=reason)
+        self._stop_standby()
+        self._read_over.set()
+        if self._release_wanted:
+            self._release_channel()
+
+    def _read_until_call(self, frames: _FrameReader, on_standby: bool) -> Call | None:
+        """Read and route batches until one brings a call for this thread to run; None when, on
+        standby, the reading passed to a pool thread."""
+        while True:
+            for frame in frames.batch():
+                if isinstance(frame, _Oversized):
+                    self._oversized(frame)
+                else:
+                    self._handle_bytes(frame)
+            kept = self._hand_over_batch(frames)
+            if on_standby:
+                if kept is not None:
+                    self._start_call(kept)
+                if self._pass_reading(frames):
+                    return None
+            elif kept is not None:
+                return kept
+
+    def _run_read_call(self, call: Call, frames: _FrameReader) -> bool:
+        """Run a call the reader read, on the reader's thread; True if this thread still reads after.
+
+        On a quiet channel the role is set down for the call and the standby watches; on a busy one
+        (more already waiting) the role passes to a pool thread at once, one wake rather than the
+        standby's two; with no pool thread free, the call goes to the pool and this thread reads on."""
+        me = threading.current_thread()
+        standby = self._standby
+        assert standby is not None
+        self._reading = None  # before the role passes: the next reader names itself
+        if standby.readable() or not self._pool.has_free():
+            with contextlib.suppress(RuntimeError):  # pool shut down: we are closing
+                if self._pool.try_submit(self._read_loop, frames):
+                    self._run_call(call)
+                    return False
+            self._reading = me
+            self._start_call(call)
+            return True
+        self._role.release()
+        standby.arm()
+        self._run_call(call)
+        if not self._role.acquire(blocking=False):
+            return False  # a message came meanwhile: the standby started another reader
+        standby.disarm()
+        self._reading = me
+        return True
+
+    def _stop_standby(self) -> None:
+        if self._standby is not None:
+            self._standby.stop()
+
+    def _take_over(self) -> None:
+        """On the standby: a message arrived while the reader ran a call; start another reader."""
+        if not self._role.acquire(blocking=False):
+            return  # the reader is back
+        frames = self._frames
+        assert frames is not None
+        if not self._pass_reading(frames):
+            self._read_loop(frames, on_standby=True)  # no pool thread free: read here meanwhile
+
+    def _pass_reading(self, frames: _FrameReader) -> bool:
+        """Hand the reading role (held) to a pool thread if one is free now."""
+        self._reading = None  # before the role passes: the next reader names itself
+        try:
+            if self._pool.try_submit(self._read_loop, frames):
+                return True
+        except RuntimeError:  # pool shut down: we are closing; this thread reads to the end
+            pass
+        self._reading = threading.current_thread()
+        return False
 
     def _handle_bytes(self, data: bytes | bytearray | memoryview) -> None:
         try:
