@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from boss_sidecar._pickling import _dump_parts
+from boss_sidecar._standby import _Standby
 from boss_sidecar.errors import (
     CallTimeout,
     EncodeError,
@@ -426,6 +427,39 @@ def pair() -> Iterator[tuple[Endpoint, Endpoint]]:
     finally:
         left.close()
         right.close()
+
+
+@pytest.mark.parametrize("standby", [True, False], ids=["standby", "no standby"])
+def test_a_served_call_that_waits_holds_up_no_other_request(monkeypatch: pytest.MonkeyPatch, standby: bool) -> None:
+    """While a served call waits, other calls and pings are answered: the standby reads meanwhile,
+    or, where there is none (no epoll), the reading passed on before the call ran."""
+    monkeypatch.setattr(_Standby, "SUPPORTED", standby)
+    entered, release = threading.Event(), threading.Event()
+
+    class Gate:
+        def wait(self) -> bool:
+            entered.set()
+            return release.wait(WAIT)
+
+        def echo(self, value: Any) -> Any:
+            return value
+
+    client_end, server_end = Pipe()
+    server = Endpoint(server_end, Gate(), name="server")
+    client = Endpoint(client_end, name="client")
+    try:
+        assert (server._standby is not None) is standby
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(client.call, "wait", timeout=WAIT)
+            assert entered.wait(WAIT)
+            assert client.call("echo", 5, timeout=WAIT) == 5
+            assert client.ping(timeout=WAIT) >= 0
+            release.set()
+            assert waiting.result(WAIT) is True
+    finally:
+        release.set()
+        client.close()
+        server.close()
 
 
 def test_ping_measures_a_round_trip(pair: tuple[Endpoint, Endpoint]) -> None:

@@ -18,12 +18,16 @@ import structlog
 
 _log = structlog.get_logger("boss_sidecar.rpc")
 
-_ARMED = select.EPOLLIN | select.EPOLLONESHOT
-_DISARMED = select.EPOLLONESHOT  # a hang-up may still wake it once; the reader being back, nothing happens
+_ARMED = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLONESHOT", 0)
+# Disarmed, a hang-up may still wake it once; the reader being back, nothing happens then.
+_DISARMED = getattr(select, "EPOLLONESHOT", 0)
 
 
 class _Standby:
     """One daemon thread that calls ``on_data()`` when the descriptor becomes readable while armed."""
+
+    SUPPORTED = hasattr(select, "epoll") and hasattr(os, "eventfd")
+    """Linux. Elsewhere the endpoint has no standby: a reader passes the reading on before a call."""
 
     def __init__(self, fd: int, on_data: Callable[[], None], name: str) -> None:
         self._fd = fd

@@ -192,7 +192,7 @@ class Endpoint:
         """Start reading and greet the peer (a BOSS peer ignores the greeting)."""
         self._started = True
         self._frames = _FrameReader(self._fd, self._max_bytes)
-        self._standby = _Standby(self._fd, self._take_over, self.name)
+        self._standby = _Standby(self._fd, self._take_over, self.name) if _Standby.SUPPORTED else None
         self._role.acquire()
         self._pool.submit(self._read_loop, self._frames)
         with contextlib.suppress(SidecarError):
@@ -683,9 +683,8 @@ class Endpoint:
         standby's two; with no pool thread free, the call goes to the pool and this thread reads on."""
         me = threading.current_thread()
         standby = self._standby
-        assert standby is not None
         self._reading = None  # before the role passes: the next reader names itself
-        if standby.readable() or not self._pool.has_free():
+        if standby is None or standby.readable() or not self._pool.has_free():
             with contextlib.suppress(RuntimeError):  # pool shut down: we are closing
                 if self._pool.try_submit(self._read_loop, frames):
                     self._run_call(call)
