@@ -429,6 +429,21 @@ def pair() -> Iterator[tuple[Endpoint, Endpoint]]:
         right.close()
 
 
+def test_starting_on_a_channel_whose_peer_is_gone_returns_and_closes() -> None:
+    """start() never waits on the channel: a peer gone before it (a worker whose host just died)
+    gives a closed endpoint, not a start() that blocks (tried many times: it was a race)."""
+    for _ in range(30):
+        ours, theirs = Pipe()
+        ours.close()
+        endpoint = Endpoint(theirs, Served(), name="orphan", start=False)
+        starting = threading.Thread(target=endpoint.start, daemon=True)
+        starting.start()
+        starting.join(WAIT)
+        assert not starting.is_alive(), "start() blocked"
+        assert endpoint.closed.wait(WAIT)
+        endpoint.close()
+
+
 @pytest.mark.parametrize("standby", [True, False], ids=["standby", "no standby"])
 def test_a_served_call_that_waits_holds_up_no_other_request(monkeypatch: pytest.MonkeyPatch, standby: bool) -> None:
     """While a served call waits, other calls and pings are answered: the standby reads meanwhile,

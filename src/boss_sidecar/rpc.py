@@ -192,8 +192,8 @@ class Endpoint:
         """Start reading and greet the peer (a BOSS peer ignores the greeting)."""
         self._started = True
         self._frames = _FrameReader(self._fd, self._max_bytes)
+        self._role.acquire()  # first: the standby may wake at once (a hang-up) and must find the role taken
         self._standby = _Standby(self._fd, self._take_over, self.name) if _Standby.SUPPORTED else None
-        self._role.acquire()
         self._pool.submit(self._read_loop, self._frames)
         with contextlib.suppress(SidecarError):
             self._send(Hello(id=new_id(), version=PROTOCOL_VERSION, pid=os.getpid(), name=self.name))
