@@ -109,7 +109,7 @@ def test_host_that_used_every_feature_never_imported_zenoh() -> None:
 def test_forked_child_uses_its_own_sidecar_while_the_parents_keeps_working() -> None:
     """After fork, the child's own sidecar works, the parent's refuses the child and keeps serving."""
     seen = ok_line(run_program("sidecar_fork_host.py"))
-    assert seen == {"child_exit": 0, "answers": ["parent"], "same_worker": True}
+    assert seen == {"child_exit": 0, "answers": ["parent"], "same_worker": True, "standbys_kept": True}
 
 
 def test_plain_script_without_main_guard_starts_a_sidecar() -> None:

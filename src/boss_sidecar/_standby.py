@@ -59,10 +59,17 @@ class _Standby:
         return False
 
     def stop(self) -> None:
-        """End the thread; in a forked child, leave the parent's standby alone."""
-        if os.getpid() != self._owner or self._stopping:
+        """End the thread (once: it closes the eventfd as it ends). In a forked child there is no
+        thread: only this process's copies of the descriptors are closed, the parent's standby
+        is left alone."""
+        if self._stopping:
             return
-        self._stopping = True  # once: the thread closes the eventfd as it ends
+        self._stopping = True
+        if os.getpid() != self._owner:
+            with contextlib.suppress(OSError):
+                self._epoll.close()
+                os.close(self._stop)
+            return
         with contextlib.suppress(OSError):
             os.eventfd_write(self._stop, 1)
 

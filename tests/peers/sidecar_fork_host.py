@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 from sidecar_support import logs_to_stderr, reply
 
@@ -39,6 +40,7 @@ def main() -> None:
     parent.queryable("fork/parent", lambda query: "parent")
     assert [r.text() for r in parent.get("fork/parent")] == ["parent"]
     worker = parent.pid
+    standbys = _standby_threads()
     child = os.fork()
     if child == 0:
         code = child_main(parent)
@@ -47,8 +49,21 @@ def main() -> None:
     _, status = os.waitpid(child, 0)
     answers = [r.text() for r in parent.get("fork/parent")]
     same_worker = parent.pid == worker
+    standbys_kept = bool(standbys) and _standby_threads() == standbys  # the child let go without ending ours
     parent.stop()
-    reply("ok", {"child_exit": os.waitstatus_to_exitcode(status), "answers": answers, "same_worker": same_worker})
+    reply(
+        "ok",
+        {
+            "child_exit": os.waitstatus_to_exitcode(status),
+            "answers": answers,
+            "same_worker": same_worker,
+            "standbys_kept": standbys_kept,
+        },
+    )
+
+
+def _standby_threads() -> list[str]:
+    return sorted(thread.name for thread in threading.enumerate() if thread.name.endswith("-standby"))
 
 
 if __name__ == "__main__":
