@@ -387,13 +387,13 @@ class Endpoint:
 
     def _begin(self, message: Message, loop: asyncio.AbstractEventLoop | None = None) -> _Pending:
         """Register the request and send it; the send never waits on the channel, so deadlines hold."""
-        parts = self._encode(message)
+        parts, size = self._encode(message)
         pending = _Pending(message, loop)
         with self._lock:
             self._raise_if_closed()
             self._pending[message.id] = pending
         try:
-            self._send_parts(parts, loop)
+            self._send_parts(parts, size, loop)
         except BaseException:
             self._pending.pop(message.id, None)
             raise
@@ -435,8 +435,8 @@ class Endpoint:
                 deadlines = self._deadlines[loop] = _Deadlines(loop)
         return deadlines
 
-    def _encode(self, message: Message) -> list[bytes]:
-        """The message pickled, as the parts to write.
+    def _encode(self, message: Message) -> tuple[list[bytes], int]:
+        """The message pickled, as the parts to write, and its size.
 
         Events (samples, put batches, query replies: the bulk traffic) are pickled in parts, their
         large payloads uncopied (see _dump_parts); other messages in one piece, which is quicker
@@ -453,22 +453,18 @@ class Endpoint:
                 f"{self.name}: {_describe(message)}: message of {size} bytes"
                 f" exceeds the limit of {self._max_bytes} bytes"
             )
-        return parts
+        return parts, size
 
     def _send(self, message: Message) -> None:
-        self._send_parts(self._encode(message))
+        self._send_parts(*self._encode(message))
 
-    def _send_bytes(self, data: bytes, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """Send one message's bytes as they are."""
-        self._send_parts([data], loop)
-
-    def _send_parts(self, body: list[bytes], loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """Queue one message (its pickle, in parts) and write the queue unless another thread is writing it already.
+    def _send_parts(self, body: list[bytes], size: int, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Queue one message (its pickle in parts, ``size`` bytes in all) and write the queue unless
+        another thread is writing it already.
 
         On an event loop (``loop``) in a turn that woke callers, the write waits for the end of the
         turn: the requests the woken tasks make go out with one system call. A thread that sends
         meanwhile writes them along with its own, so a busy loop never holds up other senders."""
-        size = sum(map(len, body)) if len(body) > 1 else len(body[0])
         header = _header(size)
         with self._outbox_lock:
             self._raise_if_closed()

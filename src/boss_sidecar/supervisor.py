@@ -264,13 +264,14 @@ class Supervisor:
         with self._cond:
             while True:
                 current = self._current
-                if self.state == S.RUNNING and current is not None and not current.endpoint.is_closed:
+                state = self._machine.state  # ownership was checked once above, not per read
+                if state == S.RUNNING and current is not None and not current.endpoint.is_closed:
                     return current.endpoint
-                if self.state not in ACTIVE_STATES:
-                    raise SidecarUnavailable(f"{self.name} is {self.state}: {self.reason}")
+                if state not in ACTIVE_STATES:
+                    raise SidecarUnavailable(f"{self.name} is {state}: {self._machine.reason}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise CallTimeout(f"{self.name} not running within {seconds:g}s (state {self.state})")
+                    raise CallTimeout(f"{self.name} not running within {seconds:g}s (state {state})")
                 self._cond.wait(remaining)
 
     # ----------------------------------------------------------------- failures and restarts
