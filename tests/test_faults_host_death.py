@@ -4,7 +4,6 @@ kernel's SIGHUP and SIGCONT to its orphaned process group) and is gone within a 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import select
@@ -17,7 +16,7 @@ import psutil
 import pytest
 
 from boss_sidecar.testing import peer_config, wait_until
-from peers.fault_support import BOUND, worker_gone
+from peers.fault_support import BOUND, worker_gone, workers_started_by
 
 HOST = Path(__file__).parent / "peers" / "fault_host.py"
 WORKER_EXIT_BOUND = 1.0
@@ -33,18 +32,6 @@ def _state_line(host: subprocess.Popen[str]) -> dict[str, object]:
     assert line, f"the host ended early with code {host.poll()}"
     report: dict[str, object] = json.loads(line)
     return report
-
-
-def _workers_of(host_pid: int) -> list[int]:
-    """Live workers started by ``host_pid`` (found by their ``--parent-pid``), whatever their incarnation."""
-    found = []
-    for process in psutil.process_iter(["cmdline", "status"]):
-        command = process.info["cmdline"] or []
-        if "boss_sidecar.worker" in command and process.info["status"] != psutil.STATUS_ZOMBIE:
-            options = dict(itertools.pairwise(command))
-            if options.get("--parent-pid") == str(host_pid):
-                found.append(process.pid)
-    return found
 
 
 @pytest.mark.parametrize(
@@ -80,7 +67,7 @@ def test_no_worker_outlives_a_host_killed_in_each_state(state: str, alive_status
         host.wait(BOUND)
         wait_until(lambda: all(worker_gone(pid) for pid in workers), WORKER_EXIT_BOUND, f"workers {workers} gone")
         # Also any worker the host was starting as it died, which no report could name.
-        wait_until(lambda: not _workers_of(host.pid), WORKER_EXIT_BOUND, "no worker of the host left")
+        wait_until(lambda: not workers_started_by(host.pid), WORKER_EXIT_BOUND, "no worker of the host left")
     finally:
         if host.poll() is None:
             host.kill()

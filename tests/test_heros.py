@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from boss_sidecar.sidecar import Sidecar
-from boss_sidecar.testing import free_port, peer_config
-from peers.sidecar_support import BOUND, child_environment, eventually, ok_line, run_program
+from boss_sidecar.testing import free_port, peer_config, wait_until
+from peers.sidecar_support import BOUND, child_environment, ok_line, run_program
 
 THERMOMETER = "peers.heros_objects:Thermometer"
 
@@ -67,6 +67,6 @@ def test_sidecar_without_a_config_opens_its_session_from_heros_zenoh_config(
         env_configured.start()
         other = make_sidecar("connects", peer_config(connect_ports=(port,)))
         zid = env_configured.info()["zid"]
-        eventually(lambda: other.info()["peers"] == [zid], "the sidecars to connect")
+        wait_until(lambda: other.info()["peers"] == [zid], BOUND, "the sidecars to connect")
     finally:
         env_configured.stop()

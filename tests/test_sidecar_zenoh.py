@@ -14,8 +14,8 @@ import pytest
 from boss_sidecar.errors import SidecarError
 from boss_sidecar.samples import Query, QueryReply, Reply, Sample
 from boss_sidecar.sidecar import Sidecar
-from boss_sidecar.testing import client_config, free_port, peer_config
-from peers.sidecar_support import BOUND, Collector, LineProgram, eventually, line_program
+from boss_sidecar.testing import client_config, free_port, peer_config, wait_until
+from peers.sidecar_support import BOUND, Collector, LineProgram, line_program
 
 
 def _texts(samples: list[Sample]) -> list[str]:
@@ -33,7 +33,7 @@ def _probe_until_seen(put_probe: Callable[[], object], seen: Collector) -> None:
             return False
         return True
 
-    eventually(probe, "a probe to reach the subscriber")
+    wait_until(probe, BOUND, "a probe to reach the subscriber")
 
 
 # ----------------------------------------------------------------- two host processes
@@ -59,15 +59,15 @@ def two_hosts() -> Iterator[TwoHosts]:
             hosts = TwoHosts(a, b, b.expect("ready"))
             a.subscribe("twohosts/to_a/**", hosts.on_sample)
             a.queryable("twohosts/a/**", lambda query: f"a answers {query.parameters}")
-            eventually(lambda: hosts.b_zid in a.info()["peers"], "the second host to connect")
-            eventually(lambda: a.get("twohosts/b/hello", timeout=1), "the second host's queryable to be known")
+            wait_until(lambda: hosts.b_zid in a.info()["peers"], BOUND, "the second host to connect")
+            wait_until(lambda: a.get("twohosts/b/hello", timeout=1), BOUND, "the second host's queryable to be known")
             _probe_until_seen(lambda: b.ask("put", "twohosts/to_a/probe", 1), hosts.probes)
 
             def a_probe() -> None:
                 a.put("twohosts/to_b/probe", "p")
                 a.flush()
 
-            eventually(lambda: a_probe() or b.ask("probes"), "a probe from this host to reach the other")
+            wait_until(lambda: a_probe() or b.ask("probes"), BOUND, "a probe from this host to reach the other")
             yield hosts
             assert b.ask("stop") is False, "the second host imported zenoh"
             assert b.finish() == 0
@@ -125,7 +125,7 @@ def test_clients_of_a_router_in_another_process_exchange_samples_and_queries(
         a.subscribe("routed/probe", probes)
         a.subscribe("routed/seq", received)
         a.queryable("routed/q", lambda query: "routed answer")
-        eventually(lambda: b.get("routed/q", timeout=1), "the queryable to be known through the router")
+        wait_until(lambda: b.get("routed/q", timeout=1), BOUND, "the queryable to be known through the router")
         _probe_until_seen(lambda: (b.put("routed/probe", "p"), b.flush()), probes)
         for index in range(100):
             b.put("routed/seq", str(index))
@@ -223,7 +223,7 @@ def test_closed_subscriptions_leave_no_threads_in_the_worker(make_sidecar: Calla
     assert len(subscription_threads()) == 5
     for subscription in subscriptions:
         subscription.close()
-    eventually(lambda: subscription_threads() == [], "the worker's subscription threads to end")
+    wait_until(lambda: subscription_threads() == [], BOUND, "the worker's subscription threads to end")
 
 
 # ----------------------------------------------------------------- queryables
@@ -377,7 +377,7 @@ def test_many_puts_travel_as_few_messages(make_sidecar: Callable[..., Sidecar]) 
 
     endpoint.notify = counting  # type: ignore[method-assign]
     sidecar.put("co/k", "0")
-    eventually(lambda: batches, "the first batch to be on the wire")
+    wait_until(lambda: batches, BOUND, "the first batch to be on the wire")
     for index in range(1, 1000):
         sidecar.put("co/k", str(index))
     all_queued.set()
@@ -410,7 +410,7 @@ def test_put_on_a_key_zenoh_refuses_surfaces_on_a_later_call(make_sidecar: Calla
             raised.append(exc)
         return bool(raised)
 
-    eventually(next_call_raises, "the put error to surface")
+    wait_until(next_call_raises, BOUND, "the put error to surface")
     assert "bad/**x" in str(raised[0])
     assert sidecar.info()["zid"]
 
@@ -431,7 +431,7 @@ def test_liveliness_token_appears_is_listed_and_disappears(make_sidecar: Callabl
     port = free_port()
     a = make_sidecar("lv-a", peer_config(port))
     b = make_sidecar("lv-b", peer_config(connect_ports=(port,)))
-    eventually(lambda: b.info()["zid"] in a.info()["peers"], "the sidecars to connect")
+    wait_until(lambda: b.info()["zid"] in a.info()["peers"], BOUND, "the sidecars to connect")
     changes = Collector()
     a.liveliness_subscribe("lv/**", changes)
     token = b.liveliness_token("lv/b")

@@ -16,8 +16,11 @@ _T = TypeVar("_T")
 _NO_SCOUTING: dict[str, Any] = {"multicast": {"enabled": False}, "gossip": {"enabled": False}}
 
 
-def wait_until(predicate: Callable[[], _T], timeout: float = 30.0, what: str = "condition") -> _T:
-    """Poll ``predicate`` until it returns something truthy (returned); AssertionError after ``timeout``.
+def wait_until(
+    predicate: Callable[[], _T], timeout: float = 30.0, what: str = "condition", *, interval: float = 0.02
+) -> _T:
+    """Poll ``predicate`` every ``interval`` seconds until it returns something truthy (returned);
+    AssertionError after ``timeout``.
 
     For tests that wait for a state instead of sleeping a guessed time.
     """
@@ -28,7 +31,7 @@ def wait_until(predicate: Callable[[], _T], timeout: float = 30.0, what: str = "
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout:g}s (last value: {value!r})")
-        time.sleep(0.02)
+        time.sleep(interval)
 
 
 def free_port() -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
+from collections.abc import Callable, Iterable
 
 import psutil
 
@@ -47,12 +49,27 @@ def worker_gone(pid: int) -> bool:
         return True
 
 
+def live_workers(wanted: Callable[[psutil.Process], bool], among: Iterable[psutil.Process] | None = None) -> list[int]:
+    """Running (not zombie) worker processes that ``wanted`` accepts: ``among`` these, or on the machine."""
+    found = []
+    for process in psutil.process_iter() if among is None else among:
+        with contextlib.suppress(psutil.Error):
+            if (
+                "boss_sidecar.worker" in process.cmdline()
+                and process.status() != psutil.STATUS_ZOMBIE
+                and wanted(process)
+            ):
+                found.append(process.pid)
+    return found
+
+
 def workers_of(name: str) -> list[int]:
     """Running workers of the sidecar called ``name`` below this process."""
-    found = []
-    for child in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            command = child.cmdline()
-            if "boss_sidecar.worker" in command and name in command and child.status() != psutil.STATUS_ZOMBIE:
-                found.append(child.pid)
-    return found
+    return live_workers(lambda process: name in process.cmdline(), psutil.Process().children(recursive=True))
+
+
+def workers_started_by(host_pid: int) -> list[int]:
+    """Running workers whose host was ``host_pid`` (their ``--parent-pid``), wherever they are now."""
+    return live_workers(
+        lambda process: dict(itertools.pairwise(process.cmdline())).get("--parent-pid") == str(host_pid)
+    )

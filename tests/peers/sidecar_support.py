@@ -16,28 +16,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 import structlog
 
+from boss_sidecar.testing import wait_until
+
 HERE = Path(__file__).parent
 BOUND = 20.0
 """No wait in these tests is longer than this (well under pytest-timeout)."""
-
-T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T], what: str, timeout: float = BOUND, interval: float = 0.02) -> T:
-    """Call ``check`` until it returns something truthy; AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what}")
-        time.sleep(interval)
 
 
 class Collector:
@@ -79,7 +67,7 @@ def process_gone(pid: int, create_time: float) -> bool:
 def wait_gone(pid: int, create_time: float, timeout: float = BOUND) -> float:
     """Seconds until the process ended; AssertionError if it still runs after ``timeout``."""
     started = time.monotonic()
-    eventually(lambda: process_gone(pid, create_time), f"process {pid} to end", timeout, interval=0.005)
+    wait_until(lambda: process_gone(pid, create_time), timeout, f"process {pid} to end", interval=0.005)
     return time.monotonic() - started
 
 
