@@ -24,6 +24,7 @@ from boss_sidecar.sidecar import (
     Sidecar,
     Subscription,
     SupervisedFacts,
+    _HostedProxy,
     _hosting_spec,
     _Request,
 )
@@ -43,27 +44,15 @@ class AsyncSubscription(Subscription):
         await asyncio.to_thread(self.close)
 
 
-class AsyncHostedObject:
+class AsyncHostedObject(_HostedProxy):
     """Proxy of an object in the worker: ``await obj.method(...)``, ``await obj.attribute``,
     ``await obj.set_attribute(name, value)``."""
 
-    def __init__(self, sidecar: AsyncSidecar, obj_id: int, shape: dict[str, Any]) -> None:
-        object.__setattr__(self, "_sidecar", sidecar)
-        object.__setattr__(self, "_obj_id", obj_id)
-        object.__setattr__(self, "_methods", frozenset(shape["methods"]))
-        object.__setattr__(self, "_class", shape["class"])
+    def _method(self, name: str) -> Callable[..., Any]:
+        async def method(*args: Any, **kwargs: Any) -> Any:
+            return await self._sidecar._call("call_object", (self._obj_id, name, args, kwargs))
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        if name in self._methods:
-
-            async def method(*args: Any, **kwargs: Any) -> Any:
-                return await self._sidecar._call("call_object", (self._obj_id, name, args, kwargs))
-
-            method.__name__ = name
-            return method
-        return self._sidecar._call("get_object_attribute", (self._obj_id, name))
+        return method
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise TypeError(f"use 'await proxy.set_attribute({name!r}, value)' on an async hosted object")

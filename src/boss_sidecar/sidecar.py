@@ -153,10 +153,12 @@ class LivelinessToken(Declaration):
     """Announces this sidecar's liveliness on a key expression until closed."""
 
 
-class HostedObject:
-    """Proxy of an object living in the worker: method calls, reads and writes run there."""
+class _HostedProxy:
+    """What the sync and async proxies of a hosted object share: its number and class, the methods
+    the worker reported, and reads (through ``_call``: a value from a Sidecar, an awaitable from an
+    AsyncSidecar). Subclasses say how a method is called."""
 
-    def __init__(self, sidecar: Sidecar, obj_id: int, shape: dict[str, Any]) -> None:
+    def __init__(self, sidecar: Any, obj_id: int, shape: dict[str, Any]) -> None:
         object.__setattr__(self, "_sidecar", sidecar)
         object.__setattr__(self, "_obj_id", obj_id)
         object.__setattr__(self, "_methods", frozenset(shape["methods"]))
@@ -166,13 +168,26 @@ class HostedObject:
         if name.startswith("_"):
             raise AttributeError(name)
         if name in self._methods:
-
-            def method(*args: Any, **kwargs: Any) -> Any:
-                return self._sidecar._call("call_object", (self._obj_id, name, args, kwargs))
-
+            method = self._method(name)
             method.__name__ = name
             return method
         return self._sidecar._call("get_object_attribute", (self._obj_id, name))
+
+    def _method(self, name: str) -> Callable[..., Any]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<hosted {self._class} #{self._obj_id} in sidecar {self._sidecar.name}>"
+
+
+class HostedObject(_HostedProxy):
+    """Proxy of an object living in the worker: method calls, reads and writes run there."""
+
+    def _method(self, name: str) -> Callable[..., Any]:
+        def method(*args: Any, **kwargs: Any) -> Any:
+            return self._sidecar._call("call_object", (self._obj_id, name, args, kwargs))
+
+        return method
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_"):
@@ -184,9 +199,6 @@ class HostedObject:
         self._sidecar._hosted.pop(self._obj_id, None)
         with contextlib.suppress(SidecarError):
             self._sidecar._call("drop_object", (self._obj_id,))
-
-    def __repr__(self) -> str:
-        return f"<hosted {self._class} #{self._obj_id} in sidecar {self._sidecar.name}>"
 
 
 class _HostServices:
