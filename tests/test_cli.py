@@ -19,6 +19,7 @@ import pytest
 
 from boss_sidecar.control import ControlServer, LauncherUnreachable, request
 from boss_sidecar.testing import peer_config, wait_until
+from peers.fault_support import worker_gone
 
 CLI = shutil.which("boss-sidecar", path=str(Path(sys.executable).parent)) or "boss-sidecar"
 BOUND = 30.0
@@ -47,13 +48,6 @@ def write_config(path: Path, sidecars: dict[str, dict[str, Any]]) -> Path:
 
 def cli(*args: str, timeout: float = BOUND) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 class Launcher:
@@ -94,7 +88,7 @@ class Launcher:
             children = psutil.Process(self.process.pid).children()
         except psutil.NoSuchProcess:
             return []
-        return [child.pid for child in children if not gone(child.pid)]
+        return [child.pid for child in children if not worker_gone(child.pid)]
 
     def close(self) -> None:
         """Teardown: whatever the test did, no launcher and no worker is left behind."""
@@ -107,7 +101,7 @@ class Launcher:
                 self.process.kill()
                 self.process.wait(5)
         for pid in workers:
-            if not gone(pid):
+            if not worker_gone(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -156,13 +150,13 @@ def test_run_health_hung_worker_reload_and_stop(tmp_path: Path, launch: Any) -> 
             lambda: (s := launcher.sidecars()) and s["a"]["healthy"] and s["a"]["pid"] != frozen and s, BOUND, "restart"
         )
     finally:
-        if not gone(frozen):
+        if not worker_gone(frozen):
             os.kill(frozen, signal.SIGKILL)
     assert launcher.health()[0] == 0
     assert restarted["a"]["incarnation"] == 2 and restarted["a"]["restarts"] == 1
     assert "hung" in restarted["a"]["reason"] and "hung" in restarted["a"]["last_exit"]
     assert restarted["b"]["pid"] == first["b"]["pid"]
-    assert gone(frozen)
+    assert worker_gone(frozen)
 
     write_config(config, {**sidecars, "b": {**sidecars["b"], "heartbeat_timeout": 4.0}})
     launcher.signal(signal.SIGHUP)
@@ -173,7 +167,7 @@ def test_run_health_hung_worker_reload_and_stop(tmp_path: Path, launch: Any) -> 
     )
     assert (reloaded["a"]["pid"], reloaded["a"]["incarnation"]) == (restarted["a"]["pid"], 2)
     assert reloaded["b"]["incarnation"] == 1  # a new sidecar, not a restart of the old one
-    assert gone(first["b"]["pid"])
+    assert worker_gone(first["b"]["pid"])
     code, answer = wait_until(lambda: (h := launcher.health()) and h[1]["launcher"]["reloads"] and h, BOUND, "reloaded")
     assert code == 0
     assert (answer["launcher"]["reloads"], answer["launcher"]["last_reload"]) == (1, "applied")
@@ -182,7 +176,7 @@ def test_run_health_hung_worker_reload_and_stop(tmp_path: Path, launch: Any) -> 
     assert len(workers) == 2
     launcher.signal(signal.SIGTERM)
     assert launcher.process.wait(BOUND) == 0
-    assert all(gone(pid) for pid in workers)
+    assert all(worker_gone(pid) for pid in workers)
     assert cli("health", "--socket", str(launcher.socket)).returncode == 2
     assert not launcher.socket.exists()
 
@@ -213,7 +207,7 @@ def test_reload_adds_and_removes_sidecars_and_leaves_the_rest(tmp_path: Path, la
     after = wait_until(lambda: (s := launcher.sidecars()) and set(s) == {"a", "c"} and s, BOUND, "reloaded")
     launcher.wait_healthy("c up")
     assert after["a"]["pid"] == before["a"]["pid"]
-    assert wait_until(lambda: gone(before["b"]["pid"]), BOUND, "b stopped")
+    assert wait_until(lambda: worker_gone(before["b"]["pid"]), BOUND, "b stopped")
 
 
 def test_default_config_runs_the_demo_sidecar(tmp_path: Path, launch: Any) -> None:
@@ -224,7 +218,7 @@ def test_default_config_runs_the_demo_sidecar(tmp_path: Path, launch: Any) -> No
     assert launcher.health()[1]["launcher"]["config"] == "<embedded default.toml>"
     launcher.signal(signal.SIGINT)
     assert launcher.process.wait(BOUND) == 0
-    assert gone(sidecars["demo"]["pid"])
+    assert worker_gone(sidecars["demo"]["pid"])
 
 
 def test_health_table_for_people(tmp_path: Path, launch: Any) -> None:

@@ -18,6 +18,7 @@ from boss_sidecar.health import Health
 from boss_sidecar.sidecar import Sidecar
 from boss_sidecar.states import SidecarState
 from boss_sidecar.testing import peer_config, wait_until
+from peers.fault_support import worker_gone
 
 MakeSidecar = Callable[..., Sidecar]
 
@@ -48,13 +49,6 @@ def _restarted(sidecar: Sidecar, after: int) -> Health | None:
     """The health once a worker newer than incarnation ``after`` is running and healthy."""
     health = sidecar.health()
     return health if health.healthy and health.incarnation > after else None
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def test_health_of_a_running_sidecar_reports_process_and_heartbeat_facts(make_sidecar: MakeSidecar) -> None:
@@ -112,13 +106,13 @@ def test_sigstopped_worker_is_reported_unhealthy_then_killed_and_restarted(make_
             assert "heartbeat overdue" in overdue.reason
             health = wait_until(lambda: _restarted(sidecar, 1), 20, "restart")
         finally:
-            if not _gone(frozen):
+            if not worker_gone(frozen):
                 os.kill(frozen, signal.SIGKILL)
     assert health.pid != frozen and health.restarts == 1
     assert "restarted after: hung: no heartbeat answer" in health.reason
     assert health.last_exit is not None
     assert "SIGKILL" in health.last_exit and "hung" in health.last_exit
-    assert _gone(frozen)
+    assert worker_gone(frozen)
     killed = [entry for entry in logs if entry["event"] == "killing worker"]
     assert killed and killed[0]["reason"].startswith("hung: no heartbeat answer")
     assert killed[0]["worker_pid"] == frozen
@@ -141,7 +135,7 @@ def test_memory_limit_restarts_the_worker_with_the_reason(make_sidecar: MakeSide
     first = sidecar.pid
     health = wait_until(lambda: (h := sidecar.health()).restarts >= 1 and h.last_exit and h, 20, "restart")
     assert health.last_exit is not None and "memory limit: RSS" in health.last_exit
-    assert first is not None and wait_until(lambda: _gone(first), 5, "old worker gone")
+    assert first is not None and wait_until(lambda: worker_gone(first), 5, "old worker gone")
 
 
 def test_sustained_cpu_limit_restarts_the_worker(make_sidecar: MakeSidecar) -> None:
@@ -185,7 +179,7 @@ def _stop_while(sidecar: Sidecar, action: Callable[[], object], after: int) -> B
     thread.join(10)
     assert len(outcome) == 1
     assert sidecar.state == SidecarState.STOPPED
-    assert wait_until(lambda: _gone(pid), 5, "worker gone")
+    assert wait_until(lambda: worker_gone(pid), 5, "worker gone")
     return outcome[0]
 
 
