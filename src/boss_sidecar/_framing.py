@@ -34,9 +34,11 @@ class _ChannelEnded(Exception):
 class _FrameReader:
     """Splits the connection's byte stream into messages, as ``Connection.recv_bytes`` would.
 
-    ``batch`` blocks for one read and returns every whole message it completed. Messages are
-    memoryviews into a reused buffer, valid until the next ``batch``; a message bigger than the
-    buffer gets a buffer of its own, and one over ``limit`` is read past, only its start kept.
+    ``batch`` makes exactly one read (blocking only if nothing has arrived) and returns every
+    whole message it completed, so a reader that first waits for the descriptor to be readable
+    never blocks past its deadline. Messages are memoryviews into a reused buffer, valid until
+    the next ``batch``; a message bigger than the buffer is gathered, read by read, in a buffer
+    of its own, and one over ``limit`` is read past, only its start kept.
     """
 
     def __init__(self, fd: int, limit: int) -> None:
@@ -46,11 +48,25 @@ class _FrameReader:
         self._view = memoryview(self._buffer)
         self._start = 0
         self._end = 0
+        self._large: bytearray | None = None  # a message bigger than the buffer, being gathered
+        self._have = 0  # its bytes read so far
+        self._skipping: _Skipping | None = None  # a message over the limit, being read past
 
     def batch(self) -> list[memoryview | bytes | bytearray | _Oversized]:
-        self._compact()
-        self._fill(self._end, "")
         frames: list[memoryview | bytes | bytearray | _Oversized] = []
+        if self._large is not None or self._skipping is not None:
+            finished = self._gather() if self._large is not None else self._skip()
+            if finished is None:
+                return frames
+            frames.append(finished)
+        else:
+            self._compact()
+            self._fill(self._end, "")
+        self._split(frames)
+        return frames
+
+    def _split(self, frames: list[memoryview | bytes | bytearray | _Oversized]) -> None:
+        """Add the whole messages in the buffer to ``frames``; start gathering or skipping a big one."""
         while self._end - self._start >= _HEADER.size:
             size = _HEADER.unpack_from(self._buffer, self._start)[0]
             header = _HEADER.size
@@ -62,16 +78,30 @@ class _FrameReader:
             elif size < 0:
                 raise ProtocolError(f"bad message length {size}: the byte stream is corrupt")
             body = self._start + header
-            if self._end - body >= size and size <= self._limit:
+            here = self._end - body
+            if here >= size and size <= self._limit:
                 frames.append(self._view[body : body + size])
                 self._start = body + size
                 continue
             if size <= self._limit and header + size <= len(self._buffer):
                 break  # the rest of this message comes with a later read
-            # The buffer is about to be reused: earlier messages of this batch must not change.
-            frames[:] = [bytes(frame) if isinstance(frame, memoryview) else frame for frame in frames]
-            frames.append(self._read_past(body, size) if size > self._limit else self._read_large(body, size))
-        return frames
+            if size <= self._limit:
+                self._large = bytearray(size)
+                self._large[:here] = self._view[body : self._end]
+                self._have = here
+            else:
+                taken = min(here, size)
+                skipping = _Skipping(
+                    size, size - taken, bytearray(self._view[body : body + min(taken, _KEPT_OF_OVERSIZED)])
+                )
+                if not skipping.left:
+                    frames.append(_Oversized(size, bytes(skipping.kept)))
+                    self._start = body + size
+                    continue
+                self._skipping = skipping
+            # The buffer is reused from the next batch on; this batch's messages stay valid until then.
+            self._start = self._end = 0
+            return
 
     def _compact(self) -> None:
         """Move a partly read message to the front so the next read has room for the rest."""
@@ -81,7 +111,7 @@ class _FrameReader:
         self._start, self._end = 0, left
 
     def _fill(self, at: int, inside: str) -> int:
-        """One blocking read into the buffer at ``at``; raise _ChannelEnded on end of stream."""
+        """One read into the buffer at ``at``; raise _ChannelEnded on end of stream."""
         got = os.readv(self._fd, [self._view[at:]])
         if not got:
             if inside or self._end > self._start:
@@ -90,34 +120,46 @@ class _FrameReader:
         self._end = at + got
         return got
 
-    def _read_large(self, body: int, size: int) -> bytearray:
-        message = bytearray(size)
-        view = memoryview(message)
-        have = self._end - body
-        view[:have] = self._view[body : self._end]
-        self._start = self._end = 0
-        while have < size:
-            got = os.readv(self._fd, [view[have:]])
-            if not got:
-                raise _ChannelEnded(f"channel closed in the middle of a message of {size} bytes")
-            have += got
+    def _gather(self) -> bytearray | None:
+        """One read towards the large message (what follows it lands in the buffer); it, once whole."""
+        message = self._large
+        assert message is not None
+        got = os.readv(self._fd, [memoryview(message)[self._have :], self._view])
+        if not got:
+            raise _ChannelEnded(f"channel closed in the middle of a message of {len(message)} bytes")
+        self._have += got
+        if self._have < len(message):
+            return None
+        self._start, self._end = 0, self._have - len(message)
+        self._large = None
         return message
 
-    def _read_past(self, body: int, size: int) -> _Oversized:
-        kept = bytearray()
-        left = size
-        position = body
-        while True:
-            take = min(self._end - position, left)
-            if len(kept) < _KEPT_OF_OVERSIZED:
-                kept += self._view[position : position + min(take, _KEPT_OF_OVERSIZED - len(kept))]
-            left -= take
-            position += take
-            if not left:
-                self._start = position
-                return _Oversized(size, bytes(kept))
-            self._start = self._end = position = 0
-            self._fill(0, f" of {size} bytes")
+    def _skip(self) -> _Oversized | None:
+        """One read past the oversized message; its size and start once read past."""
+        skipping = self._skipping
+        assert skipping is not None
+        got = self._fill(0, f" of {skipping.size} bytes")
+        taken = min(got, skipping.left)
+        if len(skipping.kept) < _KEPT_OF_OVERSIZED:
+            skipping.kept += self._view[: min(taken, _KEPT_OF_OVERSIZED - len(skipping.kept))]
+        skipping.left -= taken
+        if skipping.left:
+            self._end = 0
+            return None
+        self._start = taken
+        self._skipping = None
+        return _Oversized(skipping.size, bytes(skipping.kept))
+
+
+class _Skipping:
+    """A message over the limit being read past: its size, the bytes still to come, its start."""
+
+    __slots__ = ("kept", "left", "size")
+
+    def __init__(self, size: int, left: int, kept: bytearray) -> None:
+        self.size = size
+        self.left = left
+        self.kept = kept
 
 
 def _header(size: int) -> bytes:
