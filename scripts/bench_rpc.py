@@ -54,7 +54,7 @@ def _child(mode: str, fd: int) -> None:
             while True:
                 connection.send(connection.recv())
         return
-    endpoint = Endpoint(connection, _Served(), name="bench-child", max_workers=64)
+    endpoint = Endpoint(connection, _Served(), name="bench-child", max_workers=64, callers_read=False)
     endpoint.closed.wait(600)
 
 

@@ -46,6 +46,7 @@ class ParentTarget:
 
     blocked_event: threading.Event = field(default_factory=threading.Event)
     events: list[Any] = field(default_factory=list)
+    event_threads: set[str] = field(default_factory=set)
 
     def greet(self, name: str) -> str:
         return f"hello {name}"
@@ -55,6 +56,7 @@ class ParentTarget:
 
     def seen(self, item: Any) -> None:
         self.events.append(item)
+        self.event_threads.add(threading.current_thread().name)
 
 
 @dataclass
@@ -215,6 +217,45 @@ def test_async_call_without_answer_raises_call_timeout(child: Child) -> None:
     asyncio.run(main())
 
 
+def test_events_sent_before_a_reply_have_run_when_the_call_returns_never_on_the_callers_thread(child: Child) -> None:
+    """The caller reads its own reply here, and with it the events the child sent first: those run in
+    order, all before the call returns, and on another thread (a caller may hold locks they need)."""
+    for _ in range(5):
+        child.target.events.clear()
+        assert child.endpoint.call("notify_then_return", 200, timeout=WAIT) == 200
+        assert child.target.events == list(range(200))
+    assert threading.current_thread().name not in child.target.event_threads
+
+
+class _Interrupted(Exception):
+    """What our SIGINT handler raises in the main thread (as Ctrl-C raises KeyboardInterrupt)."""
+
+
+def test_a_call_interrupted_by_a_signal_leaves_the_channel_usable(child: Child) -> None:
+    """Ctrl-C while the main thread waits for (or reads) its reply: the call raises, the channel and
+    everything else on it carry on."""
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise _Interrupted
+
+    def interrupt_once_blocked() -> None:
+        child.wait_blocked()
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    interrupter = threading.Thread(target=interrupt_once_blocked)
+    try:
+        interrupter.start()
+        with pytest.raises(_Interrupted):
+            child.endpoint.call("block", timeout=WAIT)
+    finally:
+        interrupter.join(WAIT)
+        signal.signal(signal.SIGINT, previous)
+    child.endpoint.call("release", timeout=WAIT)
+    assert child.endpoint.call("echo", "after", timeout=WAIT) == "after"
+    assert child.endpoint.call("make", 1_000_000, timeout=WAIT) == b"x" * 1_000_000
+
+
 def test_slow_method_blocks_neither_other_calls_nor_ping(child: Child, background: Any) -> None:
     """While one served call waits, the child still answers calls, attribute reads and heartbeats."""
     slow = background.submit(child.endpoint.call, "block", timeout=WAIT)
@@ -269,6 +310,43 @@ def test_thousand_concurrent_calls_from_asyncio_tasks_each_get_their_own_answer(
     assert child.endpoint.pending_count == 0
 
 
+def test_sync_and_async_callers_at_once_each_get_their_own_answer(child: Child) -> None:
+    """Threads calling (each may read for itself), tasks awaiting (the standby reads for them) and
+    events from the child, all at once: every call gets its own answer, every event runs, in order."""
+    rounds, threads_count = 50, 8
+    results: dict[tuple[str, int, int], Any] = {}
+
+    def thread_calls(worker: int) -> None:
+        for index in range(rounds):
+            results["thread", worker, index] = child.endpoint.call("echo", (worker, index), timeout=WAIT)
+        results["events", worker, 0] = child.endpoint.call("notify_then_return", 20, timeout=WAIT)
+
+    async def task_calls(worker: int) -> None:
+        for index in range(rounds):
+            results["task", worker, index] = await child.endpoint.acall("echo", (worker, index), timeout=WAIT)
+
+    async def tasks() -> None:
+        await asyncio.gather(*(task_calls(worker) for worker in range(threads_count)))
+
+    threads = [threading.Thread(target=thread_calls, args=(worker,)) for worker in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    asyncio.run(tasks())
+    for thread in threads:
+        thread.join(WAIT)
+    expected: dict[tuple[str, int, int], Any] = {
+        (kind, worker, index): (worker, index)
+        for kind in ("thread", "task")
+        for worker in range(threads_count)
+        for index in range(rounds)
+    }
+    expected |= {("events", worker, 0): 20 for worker in range(threads_count)}
+    assert results == expected
+    assert sorted(child.target.events) == sorted(list(range(20)) * threads_count)
+    assert child.endpoint.call("echo", "after", timeout=WAIT) == "after"  # whoever holds the reading gives it up
+    assert child.endpoint.pending_count == 0
+
+
 def test_async_attribute_access(child: Child) -> None:
     """The awaitable get and set reach the child's object."""
 
@@ -280,9 +358,9 @@ def test_async_attribute_access(child: Child) -> None:
 
 
 def test_close_is_idempotent_ends_the_reader_and_the_child(child: Child) -> None:
-    """close() twice is fine; the reader thread ends; later calls raise SidecarUnavailable; the child exits."""
-    readers = [thread for thread in threading.enumerate() if thread.name == "parent-reader"]
-    assert len(readers) == 1
+    """close() twice is fine; the endpoint's threads end; later calls raise SidecarUnavailable; the child exits."""
+    readers = [thread for thread in threading.enumerate() if thread.name.startswith("parent-")]
+    assert "parent-standby" in [thread.name for thread in readers]  # the calling side's idle reader
     child.endpoint.close()
     child.endpoint.close("again")
     for thread in readers:

@@ -1,13 +1,16 @@
-"""The endpoint's standby reader: watches the channel while the reader runs a call itself.
+"""The endpoint's standby thread: watches the channel while no thread reads it.
 
-Kept apart from ``rpc``: it only knows a descriptor and what to do when data arrives. The reader
-runs a call it read on its own thread, so a call that returns quickly wakes no other thread;
-meanwhile this thread waits in epoll, armed for one wake-up, and acts only if a message arrives
-before the reader is back (a slow call), so heartbeats and other requests are never held up.
+Kept apart from ``rpc``: it only knows a descriptor, what to do when data arrives, and jobs handed
+to it. On the serving side the reader runs a call it read on its own thread, so a call that returns
+quickly wakes no other thread; meanwhile this thread waits in epoll, armed for one wake-up, and acts
+only if a message arrives before the reader is back (a slow call), so heartbeats and other requests
+are never held up. On the calling side it reads what arrives while no caller reads, and runs the
+work for the peer that a caller read but may not run on its own thread.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import select
@@ -24,7 +27,8 @@ _DISARMED = getattr(select, "EPOLLONESHOT", 0)
 
 
 class _Standby:
-    """One daemon thread that calls ``on_data()`` when the descriptor becomes readable while armed."""
+    """One daemon thread that calls ``on_data()`` when the descriptor becomes readable while armed,
+    and runs the jobs handed to it."""
 
     SUPPORTED = hasattr(select, "epoll") and hasattr(os, "eventfd")
     """Linux. Elsewhere the endpoint has no standby: a reader passes the reading on before a call."""
@@ -34,9 +38,10 @@ class _Standby:
         self._on_data = on_data
         self._owner = os.getpid()
         self._stopping = False
+        self._jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._epoll = select.epoll()
-        self._stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._epoll.register(self._stop, select.EPOLLIN)
+        self._signal = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # a job, or stop
+        self._epoll.register(self._signal, select.EPOLLIN)
         self._epoll.register(fd, _DISARMED)
         self._readable = select.poll()
         self._readable.register(fd, select.POLLIN)
@@ -52,10 +57,19 @@ class _Standby:
         with contextlib.suppress(OSError, ValueError):
             self._epoll.modify(self._fd, _DISARMED)
 
-    def readable(self) -> bool:
-        """Whether something waits to be read now (one system call, no wait)."""
+    def hand(self, job: Callable[[], None]) -> None:
+        """Run ``job`` on this thread soon. Nothing here blocks or waits, so an interrupt (a signal
+        in the calling thread) cannot cut the hand-over short once the job is queued."""
+        self._jobs.append(job)
+        with contextlib.suppress(OSError):
+            os.eventfd_write(self._signal, 1)
+
+    def readable(self, within: float = 0.0) -> bool:
+        """Whether something waits to be read now, or does within ``within`` seconds (one system call).
+
+        Only the thread holding the endpoint's reading role asks, so no two ask at once."""
         with contextlib.suppress(OSError, ValueError):
-            return bool(self._readable.poll(0))
+            return bool(self._readable.poll(max(0.0, within) * 1000))
         return False
 
     def stop(self) -> None:
@@ -68,21 +82,34 @@ class _Standby:
         if os.getpid() != self._owner:
             with contextlib.suppress(OSError):
                 self._epoll.close()
-                os.close(self._stop)
+                os.close(self._signal)
             return
         with contextlib.suppress(OSError):
-            os.eventfd_write(self._stop, 1)
+            os.eventfd_write(self._signal, 1)
 
     def _run(self) -> None:
         try:
             while True:
                 events = self._epoll.poll()
-                if any(fd == self._stop for fd, _ in events):
-                    return
-                try:
-                    self._on_data()
-                except Exception:  # on_data handles its own errors; this is the last resort
-                    _log.exception("standby reader failed")
+                if any(fd == self._signal for fd, _ in events):
+                    with contextlib.suppress(BlockingIOError):
+                        os.eventfd_read(self._signal)
+                    if self._stopping:
+                        return
+                    self._run_jobs()
+                    continue
+                self._guarded(self._on_data)
         finally:
             self._epoll.close()
-            os.close(self._stop)
+            os.close(self._signal)
+
+    def _run_jobs(self) -> None:
+        while self._jobs:
+            self._guarded(self._jobs.popleft())
+
+    @staticmethod
+    def _guarded(work: Callable[[], None]) -> None:
+        try:
+            work()
+        except Exception:  # the work handles its own errors; this is the last resort
+            _log.exception("standby reader failed")

@@ -1,15 +1,21 @@
 """The symmetric RPC endpoint: serves an object to the peer and calls the peer's object.
 
-One reader thread blocks on the connection (event-driven, no polling) and routes each message:
-replies settle the waiting caller by id, heartbeats are answered at once, one-way events and
-attribute access run in arrival order on the reader, and calls run in a thread pool so a slow
-method never holds up other requests or heartbeats. The reader is itself a pool thread
-(leader/follower): when it has read a call it runs the call itself, so a served call starts
-without waiting for another thread to wake. Meanwhile a standby thread watches the channel
-(epoll, armed once) and starts another reader only if a message arrives before the call returns;
-on a busy channel the reading passes to a pool thread at once instead.
+One thread at a time holds the reading role and routes each message read (event-driven, no
+polling): replies settle the waiting caller by id, heartbeats are answered at once, one-way events
+and attribute access run in arrival order, and calls run in a thread pool so a slow method never
+holds up other requests or heartbeats. Who reads depends on the side, since every hand-off from
+one thread to another costs a wake-up:
+
+- the calling side (``callers_read``, the host): the role is free between messages. A sync caller
+  waiting for its reply reads the channel itself, so the reply wakes no other thread; whatever
+  arrives while no caller reads wakes a standby thread (epoll) that reads it.
+- the serving side (the worker): a reader (leader/follower, on a pool thread) runs each call it
+  reads itself, so a served call starts without waiting for another thread to wake. Meanwhile the
+  standby watches the channel (armed once) and starts another reader only if a message arrives
+  before the call returns; on a busy channel the reading passes to a pool thread at once instead.
+
 Sync and async callers share one core: a request is a ``_Pending`` registered by id; ``call``
-blocks on it, ``acall`` awaits it.
+blocks on it (or reads for it), ``acall`` awaits it.
 
 The bytes on the wire are exactly ``Connection.send_bytes`` framing (a ``!i`` length, or -1 and a
 ``!Q`` length, then the pickle), so a BOSS peer using ``Connection.send``/``recv`` reads them. The
@@ -24,10 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import os
 import pickle
 import socket
+import struct
 import threading
 import time
 import traceback
@@ -103,6 +111,9 @@ class Endpoint:
     ``on_stop`` handles the peer's stop request; ``on_close`` runs once when the channel ends.
     ``describe`` names a served call in overdue reports and result errors when the target knows better than its
     method name (a dispatcher such as the worker's ``call_object``); None falls back to that.
+    ``callers_read`` suits the side that mostly calls: a sync caller reads its own reply. Work for the peer
+    never runs on a caller's thread (it may hold locks that work needs). False suits the side that mostly
+    serves: a reader runs each call it reads. Without epoll (not Linux) a reader always waits on the channel.
     """
 
     def __init__(
@@ -122,6 +133,7 @@ class Endpoint:
         overdue_grace: float = 2.0,
         describe: Callable[[Call], str | None] | None = None,
         max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
+        callers_read: bool = True,
         start: bool = True,
     ) -> None:
         self.name = name
@@ -151,17 +163,7 @@ class Endpoint:
         self._closed: SidecarError | None = None
         # One more thread than max_workers: the one reading (see _read_loop).
         self._pool = _Pool(max_workers + 1, f"{name}-serve")
-        self._started = False
-        self._reading: threading.Thread | None = None  # the thread in the reading role
-        self._role = threading.Lock()  # held by the thread reading; never released once the channel ended
-        self._standby: _Standby | None = None
-        self._frames: _FrameReader | None = None
-        self._read_over = threading.Event()  # set once the reading role ended with the channel
-        self._release_wanted = False  # close() could not release the channel: the last reader does
-        self._released = False
-        # What the reader wakes at the end of a batch (see _hand_over_batch).
-        self._batch_settled: list[tuple[_Pending, Any, BaseException | None]] = []
-        self._batch_calls: list[Call] = []
+        self._init_reading(callers_read)
         self.peer: Hello | None = None
         self.peer_overdue: list[str] = []
         """What the peer's last pong reported as overdue: calls running long after their timeout."""
@@ -188,13 +190,35 @@ class Endpoint:
             self.start()
 
     # ----------------------------------------------------------------- lifecycle
+    def _init_reading(self, callers_read: bool) -> None:
+        """The state of the reading role (see the module's docstring)."""
+        self._started = False
+        self._reading: threading.Thread | None = None  # the thread in the reading role
+        self._role = threading.Lock()  # held by the thread reading; never released once the channel ended
+        self._standby: _Standby | None = None
+        self._frames: _FrameReader | None = None
+        self._callers_read = callers_read  # kept only if the standby is supported (see start)
+        self._deferred: list[Callable[[], None]] | None = None  # work for the peer a caller read (see _read_for)
+        self._read_bound: float | None = None  # the socket's receive timeout, once set (see _bound_read)
+        self._awaited = 0  # async requests awaited: while any is, the standby reads on (see _read_on_standby)
+        self._read_over = threading.Event()  # set once the reading role ended with the channel
+        self._release_wanted = False  # close() could not release the channel: the last reader does
+        self._released = False
+        # What the reader wakes at the end of a batch (see _hand_over_batch).
+        self._batch_settled: list[tuple[_Pending, Any, BaseException | None]] = []
+        self._batch_calls: list[Call] = []
+
     def start(self) -> None:
         """Start reading and greet the peer (a BOSS peer ignores the greeting)."""
         self._started = True
         self._frames = _FrameReader(self._fd, self._max_bytes)
         self._role.acquire()  # first: the standby may wake at once (a hang-up) and must find the role taken
         self._standby = _Standby(self._fd, self._take_over, self.name) if _Standby.SUPPORTED else None
-        self._pool.submit(self._read_loop, self._frames)
+        self._callers_read = self._callers_read and self._standby is not None
+        if self._callers_read:
+            self._set_down()
+        else:
+            self._pool.submit(self._read_loop, self._frames)
         with contextlib.suppress(SidecarError):
             self._send(Hello(id=new_id(), version=PROTOCOL_VERSION, pid=os.getpid(), name=self.name))
 
@@ -296,11 +320,7 @@ class Endpoint:
         """Bound a blocked write (peer stopped reading) so the writer thread cannot wait forever."""
         with contextlib.suppress(OSError, ValueError):
             if self._socket is not None:
-                seconds = int(self._send_timeout)
-                micros = int((self._send_timeout - seconds) * 1_000_000)
-                self._socket.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_SNDTIMEO, seconds.to_bytes(8, "little") + micros.to_bytes(8, "little")
-                )
+                self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self._send_timeout))
 
     def _raise_if_closed(self) -> None:
         if self._closed is not None:
@@ -400,9 +420,13 @@ class Endpoint:
         return pending
 
     def _round_trip(self, message: Message, seconds: float | None) -> Any:
-        """Send a request and block for its outcome."""
+        """Send a request and block for its outcome, reading the channel for it if no one else is."""
         pending = self._begin(message)
-        if not pending.wait(seconds):
+        if self._callers_read and self._role.acquire(blocking=False):
+            settled = self._read_for(pending, seconds)
+        else:
+            settled = pending.wait(seconds)
+        if not settled:
             if self._pending.pop(message.id, None) is not None:
                 raise CallTimeout(f"{self.name}: {pending.what} got no answer within {seconds:g}s")
             # The reader (or close) took it just now and is settling it: the outcome is a moment away.
@@ -417,6 +441,12 @@ class Endpoint:
         future = pending.future
         if seconds is not None:
             self._deadlines_of(loop).add(seconds, message.id, future)
+        with self._lock:
+            self._awaited += 1
+        if self._callers_read and self._role.acquire(blocking=False):
+            assert self._standby is not None
+            self._standby.disarm()
+            self._standby.hand(functools.partial(self._read_on_standby, asked=True))
         try:
             return await future
         except _Expired:
@@ -425,6 +455,9 @@ class Endpoint:
         except asyncio.CancelledError:
             self._pending.pop(message.id, None)
             raise
+        finally:
+            with self._lock:
+                self._awaited -= 1
 
     def _deadlines_of(self, loop: asyncio.AbstractEventLoop) -> _Deadlines:
         deadlines = self._deadlines.get(loop)
@@ -642,9 +675,13 @@ class Endpoint:
             me.name = own_name
             if kept is None or not self._run_read_call(kept, frames):
                 return  # another thread reads now
-        # The channel ended: the role stays taken, so no one reads a closed descriptor.
-        self._reading = None
         me.name = own_name
+        self._channel_ended(reason)
+
+    def _channel_ended(self, reason: str) -> None:
+        """The reader saw the channel end: fail what waits. The role stays taken, so no one reads a
+        closed descriptor."""
+        self._reading = None
         self._hand_over_batch(None)
         if self._mark_closed(SidecarCrashed(f"{self.name}: {reason}")):
             self._log.info("channel closed", reason=reason)
@@ -653,16 +690,151 @@ class Endpoint:
         if self._release_wanted:
             self._release_channel()
 
-    def _read_until_call(self, frames: _FrameReader, on_standby: bool) -> Call | None:
-        """Read and route batches until one brings a call for this thread to run; None when, on
-        standby, the reading passed to a pool thread."""
-        while True:
-            for frame in frames.batch():
+    def _set_down(self) -> None:
+        """Free the reading role (held): a caller may take it; the standby reads what comes meanwhile."""
+        assert self._standby is not None
+        self._reading = None
+        self._role.release()
+        self._standby.arm()
+
+    def _read_for(self, pending: _Pending, seconds: float | None) -> bool:
+        """Holding the role: read the channel until ``pending`` is settled (True) or ``seconds`` pass.
+
+        The caller reads its own reply, so no other thread wakes to hand it over. Other replies are
+        settled as the reader would; work for the peer (events, attribute access) goes, with the
+        role and the rest of the batch, to the standby thread, which runs it in order and starts calls in
+        the pool. As when a reader runs that work itself, the batch's replies are settled after it ran."""
+        standby, frames = self._standby, self._frames
+        assert standby is not None and frames is not None
+        standby.disarm()
+        self._reading = threading.current_thread()
+        deadline = None if seconds is None else time.monotonic() + seconds
+        holding = True
+        try:
+            while not pending.wait(0):
+                if not self._bound_read(deadline):
+                    return False
+                self._deferred = []
+                try:
+                    interrupt = self._route(frames.batch())
+                except BlockingIOError:  # the read's bound passed (see _bound_read)
+                    continue
+                finally:
+                    deferred, self._deferred = self._deferred, None
+                if deferred or self._batch_calls:
+                    holding = False  # the role goes with the work: see _finish_batch
+                    standby.hand(functools.partial(self._finish_batch, deferred))
+                else:
+                    self._hand_over_batch(frames)
+                if interrupt is not None:
+                    raise interrupt
+                if not holding:
+                    return pending.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            return True
+        except _ChannelEnded as exc:
+            holding = False
+            self._channel_ended(str(exc))
+        except (OSError, ValueError, ProtocolError) as exc:
+            holding = False
+            self._channel_ended(f"channel failed while reading: {exc}")
+        finally:
+            if holding:
+                self._set_down()
+        return pending.wait(0)  # the channel's end settled it
+
+    def _bound_read(self, deadline: float | None) -> bool:
+        """Bound the next read so it cannot block past ``deadline`` (None: no deadline); False once it passed.
+
+        A read that blocks with a receive timeout wakes about as fast as a bare pipe read; waiting for
+        the descriptor to be readable first (poll) cost some 35 microseconds more a wake-up here. The
+        timeout is set anew only when it would outlast the deadline or is under half the time left (a
+        system call saved on most calls): one that ends sooner only makes the read return early, to be
+        bounded again. Only the thread holding the role reads, so the option is its alone meanwhile."""
+        if deadline is None:
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if self._socket is None:  # an os.pipe: no receive timeout
+            assert self._standby is not None
+            return self._standby.readable(left)
+        if self._read_bound is None or not left / 2 <= self._read_bound <= left:
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(left))
+            self._read_bound = left
+        return True
+
+    def _finish_batch(self, works: list[Callable[[], None]]) -> None:
+        """On the standby, with the role a caller passed on: run the peer's work read in order, settle the
+        batch's replies and start its calls, then set the role down."""
+        self._reading = threading.current_thread()
+        try:
+            for work in works:
+                try:
+                    work()
+                except Exception:  # each reports its own failures; this is the last resort
+                    self._log.exception("served work failed")
+            self._start_kept(self._hand_over_batch(self._frames))
+        finally:
+            self._set_down()
+
+    def _start_kept(self, call: Call | None) -> None:
+        """A call read where it may not run (a caller's thread, the standby): to the pool."""
+        if call is not None:
+            self._start_call(call)
+
+    def _read_on_standby(self, asked: bool = False) -> None:
+        """On the standby, holding the role (callers read): read what came while no caller read, and on while an
+        async caller awaits a reply (``asked``: one just did), then set the role down.
+
+        A thread blocked reading wakes sooner than one waiting in epoll (here, by some 35 microseconds), and
+        an async caller cannot read for itself."""
+        standby, frames = self._standby, self._frames
+        assert standby is not None and frames is not None
+        if not asked and not standby.readable():  # a caller read it just before we took the role
+            self._set_down()
+            return
+        self._reading = threading.current_thread()
+        interrupt = None
+        while interrupt is None:
+            try:
+                interrupt = self._route(frames.batch())
+            except BlockingIOError:  # the bound a sync caller set passed: look again
+                pass
+            except _ChannelEnded as exc:
+                self._channel_ended(str(exc))
+                return
+            except (OSError, ValueError, ProtocolError) as exc:
+                self._channel_ended(f"channel failed while reading: {exc}")
+                return
+            self._start_kept(self._hand_over_batch(frames))
+            if not self._awaited:
+                break
+        self._set_down()
+        if interrupt is not None:
+            raise interrupt
+
+    def _route(self, batch: list[memoryview | bytes | bytearray | _Oversized]) -> BaseException | None:
+        """Route every message read. An interrupt (Ctrl-C in a caller reading) is returned once all are routed, so
+        none is lost."""
+        interrupt = None
+        for frame in batch:
+            try:
                 if isinstance(frame, _Oversized):
                     self._oversized(frame)
                 else:
                     self._handle_bytes(frame)
+            except BaseException as exc:
+                interrupt = interrupt or exc
+        return interrupt
+
+    def _read_until_call(self, frames: _FrameReader, on_standby: bool) -> Call | None:
+        """Read and route batches until one brings a call for this thread to run; None when, on
+        standby, the reading passed to a pool thread."""
+        while True:
+            interrupt = self._route(frames.batch())
             kept = self._hand_over_batch(frames)
+            if interrupt is not None:
+                raise interrupt
             if on_standby:
                 if kept is not None:
                     self._start_call(kept)
@@ -702,9 +874,13 @@ class Endpoint:
             self._standby.stop()
 
     def _take_over(self) -> None:
-        """On the standby: a message arrived while the reader ran a call; start another reader."""
+        """On the standby: a message arrived while no one read; read it (callers read), or start another reader
+        (the reader runs a call)."""
         if not self._role.acquire(blocking=False):
-            return  # the reader is back
+            return  # the reader is back (or a caller reads)
+        if self._callers_read:
+            self._read_on_standby()
+            return
         frames = self._frames
         assert frames is not None
         if not self._pass_reading(frames):
@@ -808,6 +984,8 @@ class Endpoint:
         """Run a served request: on the user's loop if given, else where the caller chose."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(work)
+        elif self._deferred is not None:
+            self._deferred.append(work)  # read by a caller: run after the batch, off its thread
         else:
             work()
 
@@ -974,6 +1152,13 @@ class Endpoint:
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
+
+
+def _timeval(seconds: float) -> bytes:
+    """A socket timeout option's value (0 means none, so a positive time is at least a microsecond)."""
+    whole = int(seconds)
+    micros = int((seconds - whole) * 1_000_000)
+    return struct.pack("@ll", whole, micros if whole or micros or not seconds else 1)
 
 
 def _socket_of(fd: int) -> socket.socket | None:

@@ -74,6 +74,13 @@ class EchoPeer:
     def unpicklable_result(self) -> Any:
         return threading.Lock()
 
+    def notify_then_return(self, count: int) -> int:
+        """Send the parent ``count`` events (``seen``), then answer: the reply comes after all of them."""
+        assert self.endpoint is not None
+        for index in range(count):
+            self.endpoint.notify("seen", index)
+        return count
+
     def record(self, item: Any) -> None:
         self._records.append(item)
 

@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         on_stop=lambda why: _bounded(lambda: service.stop(why), args.stop_bound),
         on_close=lambda _error: done.set(),
         describe=service._describe_call,
+        callers_read=False,  # the worker mostly serves: its reader runs each call it reads
         start=False,
     )
     service._attach(endpoint)
