@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import math
 import os
 import pickle
 import socket
@@ -92,6 +93,7 @@ _log = structlog.get_logger("boss_sidecar.rpc")
 _PARTS_PER_WRITE = 512  # buffers per sendmsg/writev call (IOV_MAX is 1024 on Linux)
 _SEND_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)
 _CORK_PARTS = 32  # a loop's corked requests are written once this many frame parts wait (16 messages)
+_LINGER = 0.002  # seconds the standby reads on after a message, in case more comes (see _read_on_standby)
 _SETTLING_GRACE = 5.0  # a reply being delivered as the caller times out arrives within this
 _PLAIN = frozenset({type(None), bool, int, float, str, bytes, tuple, list, dict})  # results never awaitable
 
@@ -199,8 +201,9 @@ class Endpoint:
         self._frames: _FrameReader | None = None
         self._callers_read = callers_read  # kept only if the standby is supported (see start)
         self._deferred: list[Callable[[], None]] | None = None  # work for the peer a caller read (see _read_for)
-        self._read_bound: float | None = None  # the socket's receive timeout, once set (see _bound_read)
-        self._awaited = 0  # async requests awaited: while any is, the standby reads on (see _read_on_standby)
+        self._read_bound = math.inf  # the socket's receive timeout (see _bound_read)
+        self._awaited = 0  # async requests awaited: while any is, the standby reads on (see _read_on)
+        self._streaming = False  # the standby read work for the peer: it reads on a moment (see _read_on)
         self._read_over = threading.Event()  # set once the reading role ended with the channel
         self._release_wanted = False  # close() could not release the channel: the last reader does
         self._released = False
@@ -758,10 +761,17 @@ class Endpoint:
         if self._socket is None:  # an os.pipe: no receive timeout
             assert self._standby is not None
             return self._standby.readable(left)
-        if self._read_bound is None or not left / 2 <= self._read_bound <= left:
-            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(left))
-            self._read_bound = left
+        if not left / 2 <= self._read_bound <= left:
+            self._set_read_bound(left)
         return True
+
+    def _set_read_bound(self, seconds: float) -> None:
+        """Set the socket's receive timeout (math.inf: none); a no-op on an os.pipe."""
+        if self._socket is not None and self._read_bound != seconds:
+            self._socket.setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(0 if seconds == math.inf else seconds)
+            )
+            self._read_bound = seconds
 
     def _finish_batch(self, works: list[Callable[[], None]]) -> None:
         """On the standby, with the role a caller passed on: run the peer's work read in order, settle the
@@ -783,14 +793,15 @@ class Endpoint:
             self._start_call(call)
 
     def _read_on_standby(self, asked: bool = False) -> None:
-        """On the standby, holding the role (callers read): read what came while no caller read, and on while an
-        async caller awaits a reply (``asked``: one just did), then set the role down.
+        """On the standby, holding the role (callers read): read what came while no caller read (``asked``: an
+        async caller just sent a request), then read on, blocked, while an async caller awaits a reply or, for a
+        moment, in case more comes (a stream of events); then set the role down.
 
         A thread blocked reading wakes sooner than one waiting in epoll (here, by some 35 microseconds), and
         an async caller cannot read for itself."""
         standby, frames = self._standby, self._frames
         assert standby is not None and frames is not None
-        if not asked and not standby.readable():  # a caller read it just before we took the role
+        if not (asked and self._awaited) and not standby.readable():  # a caller read it before we took the role
             self._set_down()
             return
         self._reading = threading.current_thread()
@@ -798,20 +809,35 @@ class Endpoint:
         while interrupt is None:
             try:
                 interrupt = self._route(frames.batch())
-            except BlockingIOError:  # the bound a sync caller set passed: look again
-                pass
+            except BlockingIOError:  # nothing came within the read's bound
+                if not self._awaited:
+                    break
             except _ChannelEnded as exc:
                 self._channel_ended(str(exc))
                 return
             except (OSError, ValueError, ProtocolError) as exc:
                 self._channel_ended(f"channel failed while reading: {exc}")
                 return
-            self._start_kept(self._hand_over_batch(frames))
-            if not self._awaited:
+            else:
+                self._start_kept(self._hand_over_batch(frames))
+            if not self._read_on():
                 break
         self._set_down()
         if interrupt is not None:
             raise interrupt
+
+    def _read_on(self) -> bool:
+        """Whether the standby reads on, blocked: unbounded while an async caller awaits, else a moment if it just
+        read work for the peer (events come in streams). Not after replies alone: a sync caller reads its own
+        reply, if the standby does not hold on to the reading."""
+        streaming, self._streaming = self._streaming, False
+        if self._awaited:
+            self._set_read_bound(math.inf)
+            return True
+        if not streaming or self._socket is None:  # an os.pipe has no receive timeout
+            return False
+        self._set_read_bound(_LINGER)
+        return True
 
     def _route(self, batch: list[memoryview | bytes | bytearray | _Oversized]) -> BaseException | None:
         """Route every message read. An interrupt (Ctrl-C in a caller reading) is returned once all are routed, so
@@ -982,6 +1008,7 @@ class Endpoint:
 
     def _serve(self, work: Callable[[], None]) -> None:
         """Run a served request: on the user's loop if given, else where the caller chose."""
+        self._streaming = True
         if self._loop is not None:
             self._loop.call_soon_threadsafe(work)
         elif self._deferred is not None:
