@@ -12,6 +12,7 @@ import contextlib
 import functools
 import itertools
 import json
+import operator
 import os
 import threading
 import weakref
@@ -208,11 +209,17 @@ class _HostServices:
         self._sidecar = sidecar
 
     def samples(self, runs: list[SampleRun]) -> None:
+        """Consecutive runs of one declaration go to its delivery as one hand-off: the worker sends
+        a run per batch it took from zenoh, often several per message, and each hand-off wakes the
+        delivery's thread."""
         ledger = self._sidecar._ledger
-        for run in runs:
-            declaration = ledger.get(run[0])
+        for decl_id, group in itertools.groupby(runs, key=operator.itemgetter(0)):
+            declaration = ledger.get(decl_id)
             if declaration is not None and declaration.delivery is not None:
-                declaration.delivery.put_many(samples_of(run))
+                samples = samples_of(next(group))
+                for run in group:
+                    samples += samples_of(run)
+                declaration.delivery.put_many(samples)
 
     def queries(self, items: list[tuple[Any, ...]]) -> None:
         ledger = self._sidecar._ledger

@@ -116,17 +116,24 @@ class Forwarder:
         return converted
 
     def _split(self, name: str, items: list[Any]) -> list[list[Any]]:
-        """``items`` as messages of at most MAX_MESSAGE_BYTES of payload each."""
+        """``items`` as messages of at most MAX_MESSAGE_BYTES of payload each (or one item)."""
         weigh = self._weigh
         if weigh is None or not items:
             return [items] if items else []
-        messages: list[list[Any]] = []
-        start, weight = 0, 0
-        for index, item in enumerate(items):
-            weight += weigh(name, item)
-            if weight >= MAX_MESSAGE_BYTES:
-                messages.append(items[start : index + 1])
-                start, weight = index + 1, 0
-        if start < len(items):
-            messages.append(items[start:])
-        return messages
+        return [items[start:end] for start, end in spans([weigh(name, item) for item in items])]
+
+
+def spans(weights: list[int]) -> list[tuple[int, int]]:
+    """(start, end) of consecutive groups of at most MAX_MESSAGE_BYTES in all, or of one item alone.
+
+    A group ends before the item that would take it past the limit, not after it: a message never
+    outgrows the host's read buffer because the last item in it was large."""
+    groups: list[tuple[int, int]] = []
+    start, total = 0, 0
+    for index, weight in enumerate(weights):
+        if total + weight > MAX_MESSAGE_BYTES and index > start:
+            groups.append((start, index))
+            start, total = index, 0
+        total += weight
+    groups.append((start, len(weights)))
+    return groups
