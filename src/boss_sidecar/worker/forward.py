@@ -135,5 +135,6 @@ def spans(weights: list[int]) -> list[tuple[int, int]]:
             groups.append((start, index))
             start, total = index, 0
         total += weight
-    groups.append((start, len(weights)))
+    if weights:
+        groups.append((start, len(weights)))
     return groups
