@@ -888,12 +888,13 @@ class Endpoint:
             return True
         self._role.release()
         standby.arm()
-        self._run_call(call)
-        if not self._role.acquire(blocking=False):
-            return False  # a message came meanwhile: the standby started another reader
-        standby.disarm()
-        self._reading = me
-        return True
+        outcome = self._call_outcome(call)
+        back = self._role.acquire(blocking=False)  # False: a message came meanwhile, the standby started a reader
+        if back:
+            standby.disarm()  # before the reply goes out: the peer's next message must not wake the standby
+            self._reading = me
+        self._reply_call(call, *outcome)
+        return back
 
     def _stop_standby(self) -> None:
         if self._standby is not None:
@@ -1024,14 +1025,24 @@ class Endpoint:
             self._batch_calls.append(message)  # started by _hand_over_batch
 
     def _run_call(self, message: Call) -> None:
+        self._reply_call(message, *self._call_outcome(message))
+
+    def _call_outcome(self, message: Call) -> tuple[bool, Any]:
+        """Run a served call: (True, its result) or (False, the exception it raised)."""
         try:
             result = self._lookup_callable(message.method)(*message.args, **message.kwargs)
             if type(result) not in _PLAIN and inspect.isawaitable(result):
                 result = asyncio.run(_awaited(result))
         except Exception as exc:
-            self._reply_error(message.id, exc)
-        else:
-            self._reply_result(message, result)
+            return False, exc
+        return True, result
+
+    def _reply_call(self, message: Call, returned: bool, outcome: Any) -> None:
+        try:
+            if returned:
+                self._reply_result(message, outcome)
+            else:
+                self._reply_error(message.id, outcome)
         finally:
             self._running.pop(message.id, None)
 
