@@ -161,6 +161,7 @@ class Endpoint:
         self._drained = threading.Condition(self._outbox_lock)
         self._throttled = 0  # senders waiting on _drained
         self._corked: set[asyncio.AbstractEventLoop] = set()  # loops in a turn that woke callers (see _send_bytes)
+        self._undelivered: dict[asyncio.AbstractEventLoop, list[Any]] = {}  # replies a loop is yet to take
         self._deadlines: dict[asyncio.AbstractEventLoop, _Deadlines] = {}
         self._closed: SidecarError | None = None
         # One more thread than max_workers: the one reading (see _read_loop).
@@ -529,8 +530,28 @@ class Endpoint:
             self._writing = True
         self._write_outbox(block=False, parts=parts)
 
-    def _deliver_on(self, loop: asyncio.AbstractEventLoop, items: list[tuple[asyncio.Future[Any], Any, Any]]) -> None:
-        """On ``loop``: resolve the futures of a batch of replies; cork the loop's writes for this turn."""
+    def _deliver_later(
+        self, loop: asyncio.AbstractEventLoop, items: list[tuple[asyncio.Future[Any], Any, Any]]
+    ) -> None:
+        """Have ``loop`` resolve these futures: added to the replies it has yet to take, if any, so a
+        loop is woken once for all the batches read before it got round to them."""
+        with self._lock:
+            waiting = self._undelivered.get(loop)
+            if waiting is not None:
+                waiting += items
+                return
+            self._undelivered[loop] = items
+        try:
+            loop.call_soon_threadsafe(self._deliver_on, loop)
+        except RuntimeError:  # that caller's loop is closed: no one to tell
+            with self._lock:
+                self._undelivered.pop(loop, None)
+
+    def _deliver_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On ``loop``: resolve the futures of the replies read for it; cork its writes for this turn, so
+        the requests of the tasks woken go out together."""
+        with self._lock:
+            items = self._undelivered.pop(loop, [])
         self._corked.add(loop)
         for future, value, error in items:
             _deliver(future, value, error)
@@ -635,8 +656,7 @@ class Endpoint:
             else:
                 per_loop.setdefault(pending.loop, []).append((pending.future, value, error))
         for loop, items in per_loop.items():
-            with contextlib.suppress(RuntimeError):  # that caller's loop is closed: no one to tell
-                loop.call_soon_threadsafe(self._deliver_on, loop, items)
+            self._deliver_later(loop, items)
         kept = calls.pop() if calls and frames is not None and self._closed is None else None
         for message in calls:
             self._start_call(message)
