@@ -169,3 +169,29 @@ def test_a_call_queued_behind_a_full_worker_fails_at_its_own_timeout(make_sideca
     assert watch.next_reason().endswith("past its 1s timeout")  # the blockers' timeout is far away
     assert all(isinstance(outcome, SidecarCrashed) for outcome in finish())
     assert echo.echo("after") == "after"
+
+
+class _InterruptingGate:
+    """Exported to the worker: interrupts the host's main thread (as Ctrl-C does) once a call entered."""
+
+    def entered(self) -> None:
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+
+def test_ctrl_c_while_a_call_waits_raises_in_the_caller_and_the_sidecar_serves_on(make_sidecar: MakeSidecar) -> None:
+    """SIGINT in the host while its main thread waits for (or reads) a reply: KeyboardInterrupt there,
+    nothing else lost; the same worker serves the next calls, unrestarted."""
+    sidecar, watch = _watched(make_sidecar, call_timeout=BOUND * 3)
+    echo = sidecar.host(ECHO)
+    worker = sidecar.pid
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            echo.block_forever(sidecar.expose(_InterruptingGate()))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert echo.echo("after") == "after"
+    assert echo.big(1_000_000) == b"x" * 1_000_000
+    assert echo.blocking == 1  # the interrupted call still runs in the worker: only its caller gave up
+    assert sidecar.pid == worker
+    assert watch.reasons == []
