@@ -447,11 +447,11 @@ class Endpoint:
             self._deadlines_of(loop).add(seconds, message.id, future)
         with self._lock:
             self._awaited += 1
-        if self._callers_read and self._role.acquire(blocking=False):
-            assert self._standby is not None
-            self._standby.disarm()
-            self._standby.hand(functools.partial(self._read_on_standby, asked=True))
         try:
+            if self._callers_read and self._role.acquire(blocking=False):
+                assert self._standby is not None
+                self._standby.disarm()
+                self._standby.hand(functools.partial(self._read_on_standby, asked=True))
             return await future
         except _Expired:
             self._pending.pop(message.id, None)
@@ -684,22 +684,17 @@ class Endpoint:
         and passes the reading to a pool thread as soon as one is free."""
         me = threading.current_thread()
         own_name = me.name
-        reason = "peer closed the channel"
         while True:
             self._reading, me.name = me, f"{self.name}-reader"
             try:
                 kept = self._read_until_call(frames, on_standby)
             except _ChannelEnded as exc:
-                reason = str(exc)
-                break
-            except (OSError, ValueError, ProtocolError) as exc:
-                reason = f"channel failed while reading: {exc}"
-                break
+                me.name = own_name
+                self._channel_ended(str(exc))
+                return
             me.name = own_name
             if kept is None or not self._run_read_call(kept, frames):
                 return  # another thread reads now
-        me.name = own_name
-        self._channel_ended(reason)
 
     def _channel_ended(self, reason: str) -> None:
         """The reader saw the channel end: fail what waits. The role stays taken, so no one reads a
@@ -739,7 +734,7 @@ class Endpoint:
                     return False
                 self._deferred = []
                 try:
-                    interrupt = self._route(frames.batch())
+                    interrupt = self._route(self._read_batch(frames))
                 except BlockingIOError:  # the read's bound passed (see _bound_read)
                     continue
                 finally:
@@ -757,9 +752,6 @@ class Endpoint:
         except _ChannelEnded as exc:
             holding = False
             self._channel_ended(str(exc))
-        except (OSError, ValueError, ProtocolError) as exc:
-            holding = False
-            self._channel_ended(f"channel failed while reading: {exc}")
         finally:
             if holding:
                 self._set_down()
@@ -828,15 +820,12 @@ class Endpoint:
         interrupt = None
         while interrupt is None:
             try:
-                interrupt = self._route(frames.batch())
+                interrupt = self._route(self._read_batch(frames))
             except BlockingIOError:  # nothing came within the read's bound
                 if not self._awaited:
                     break
             except _ChannelEnded as exc:
                 self._channel_ended(str(exc))
-                return
-            except (OSError, ValueError, ProtocolError) as exc:
-                self._channel_ended(f"channel failed while reading: {exc}")
                 return
             else:
                 self._start_kept(self._hand_over_batch(frames))
@@ -859,6 +848,17 @@ class Endpoint:
         self._set_read_bound(_LINGER)
         return True
 
+    @staticmethod
+    def _read_batch(frames: _FrameReader) -> list[memoryview | bytes | bytearray | _Oversized]:
+        """One read of the channel and the messages it completed. A failed read ends the channel
+        (_ChannelEnded, naming why); a read whose receive timeout passed (BlockingIOError) does not."""
+        try:
+            return frames.batch()
+        except BlockingIOError:
+            raise
+        except (OSError, ValueError, ProtocolError) as exc:
+            raise _ChannelEnded(f"channel failed while reading: {exc}") from exc
+
     def _route(self, batch: list[memoryview | bytes | bytearray | _Oversized]) -> BaseException | None:
         """Route every message read. An interrupt (Ctrl-C in a caller reading) is returned once all are routed, so
         none is lost."""
@@ -877,7 +877,7 @@ class Endpoint:
         """Read and route batches until one brings a call for this thread to run; None when, on
         standby, the reading passed to a pool thread."""
         while True:
-            interrupt = self._route(frames.batch())
+            interrupt = self._route(self._read_batch(frames))
             kept = self._hand_over_batch(frames)
             if interrupt is not None:
                 raise interrupt
