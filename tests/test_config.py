@@ -170,6 +170,8 @@ def test_unknown_sidecar_key_suggests_the_right_one(tmp_path: Path) -> None:
         ("max_rss_mb = true", "max_rss_mb: must be a number, got True"),
         ("max_restarts = 2.5", "max_restarts: must be a whole number, got 2.5"),
         ("backoff_jitter = 1.5", "backoff_jitter: must be below 1, got 1.5"),
+        ("busy_wait = -0.001", "busy_wait: must be 0 or more, got -0.001"),
+        ("busy_wait = 1", "busy_wait: must be at most 0.01 s (it burns CPU), got 1"),
     ],
 )
 def test_policy_fields_are_checked_by_sidecar_policy(tmp_path: Path, line: str, expected: str) -> None:

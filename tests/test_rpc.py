@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import math
 import pickle
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing import Pipe
@@ -254,6 +256,36 @@ def test_a_call_interrupted_by_a_signal_leaves_the_channel_usable(child: Child) 
     child.endpoint.call("release", timeout=WAIT)
     assert child.endpoint.call("echo", "after", timeout=WAIT) == "after"
     assert child.endpoint.call("make", 1_000_000, timeout=WAIT) == b"x" * 1_000_000
+
+
+def test_a_caller_waiting_on_a_slow_call_busy_waits_only_briefly(child: Child, background: Any) -> None:
+    """The lone caller polls for its reply only ``busy_wait`` long, then sleeps: a long wait costs no CPU."""
+
+    def timed_call() -> float:
+        start = time.thread_time()
+        assert child.endpoint.call("wait_for_release", timeout=WAIT) is True  # no event meanwhile: the caller reads
+        return time.thread_time() - start
+
+    waited = background.submit(timed_call)
+    time.sleep(0.5)  # not a synchronisation: the length of the wait whose CPU cost is measured
+    child.endpoint.call("release")
+    assert waited.result(WAIT) < 0.25, "the caller kept polling while its call ran"
+
+
+@pytest.mark.parametrize("busy_wait", [0.0, 0.001])
+def test_calls_work_with_busy_waiting_off_or_longer(busy_wait: float) -> None:
+    """``busy_wait`` 0 turns polling off; either way calls, events and pings behave the same."""
+    with _child(busy_wait=busy_wait) as spawned_child:
+        assert [spawned_child.endpoint.call("add", n, 1) for n in range(50)] == list(range(1, 51))
+        assert spawned_child.endpoint.call("notify_then_return", 3) == 3
+        assert spawned_child.endpoint.ping() >= 0
+
+
+@pytest.mark.parametrize("busy_wait", [-1e-6, 0.5, math.nan])
+def test_busy_wait_out_of_range_is_refused_naming_it(busy_wait: float) -> None:
+    a, b = Pipe()
+    with a, b, pytest.raises(ValueError, match=r"busy_wait must be between 0 and 0\.01 seconds"):
+        Endpoint(a, busy_wait=busy_wait)
 
 
 def test_slow_method_blocks_neither_other_calls_nor_ping(child: Child, background: Any) -> None:

@@ -192,6 +192,14 @@ def test_several_named_sidecars_run_side_by_side(make_sidecar: Callable[..., Sid
     assert counters["alpha"].increment() == 7 and counters["gamma"].increment() == 2
 
 
+def test_busy_wait_option_reaches_the_worker(make_sidecar: Callable[..., Sidecar]) -> None:
+    """``busy_wait=0`` turns polling off on both sides: the worker is started with it, and serves as usual."""
+    quiet = make_sidecar("quiet", busy_wait=0)
+    assert quiet.host(f"{OBJECTS}:Counter", 0).increment() == 1
+    command = psutil.Process(quiet.pid).cmdline()
+    assert command[command.index("--busy-wait") + 1] == "0"
+
+
 # ----------------------------------------------------------------- hosted objects
 
 

@@ -209,6 +209,8 @@ class Supervisor:
             f"{self.policy.stop_timeout * 0.5:.3f}",
             "--incarnation",
             str(number),
+            "--busy-wait",
+            repr(self.policy.busy_wait),
         ]
         started = self._backend.now()
         try:
@@ -252,6 +254,7 @@ class Supervisor:
             name=f"{self.name}#{number}",
             on_close=closed,
             default_timeout=self.policy.call_timeout,
+            busy_wait=self.policy.busy_wait,
         )
 
     # ----------------------------------------------------------------- calls

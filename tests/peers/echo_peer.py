@@ -59,6 +59,12 @@ class EchoPeer:
         self._gate.clear()
         return released
 
+    def wait_for_release(self, limit: float = _BOUND) -> bool:
+        """Wait for ``release`` without a word to the parent meanwhile; True if released."""
+        released = self._gate.wait(limit)
+        self._gate.clear()
+        return released
+
     def release(self) -> None:
         self._gate.set()
 

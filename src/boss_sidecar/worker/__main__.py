@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from boss_sidecar.rpc import Endpoint
+from boss_sidecar.rpc import DEFAULT_BUSY_WAIT, Endpoint
 from boss_sidecar.worker.service import WorkerService
 
 PR_SET_PDEATHSIG = 1
@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--stop-bound", type=float, default=3.0, help="seconds allowed for a clean stop")
     parser.add_argument("--incarnation", type=int, default=1, help="stamped on every log record")
+    parser.add_argument("--busy-wait", type=float, default=DEFAULT_BUSY_WAIT, help="seconds polled before sleeping")
     args = parser.parse_args(argv)
 
     done = threading.Event()
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         on_close=lambda _error: done.set(),
         describe=service._describe_call,
         callers_read=False,  # the worker mostly serves: its reader runs each call it reads
+        busy_wait=args.busy_wait,
         start=False,
     )
     service._attach(endpoint)
