@@ -742,10 +742,10 @@ class Endpoint:
         holding = True
         try:
             while not pending.wait(0):
+                if len(self._pending) == 1:
+                    self._await_data(deadline)  # before _bound_read, which on an os.pipe sleeps in poll
                 if not self._bound_read(deadline):
                     return False
-                if len(self._pending) == 1:
-                    self._await_data(deadline)
                 self._deferred = []
                 try:
                     interrupt = self._route(self._read_batch(frames))
