@@ -10,8 +10,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import math
+import os
 import pickle
 import signal
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +38,7 @@ from boss_sidecar.errors import (
     SidecarUnavailable,
 )
 from boss_sidecar.protocol import Call, new_id
-from boss_sidecar.rpc import Endpoint
+from boss_sidecar.rpc import MAX_BUSY_WAIT, Endpoint
 from peers import EXIT_TIMEOUT, spawned
 
 WAIT = 30.0  # the bound on every wait in these tests; passing runs take a small fraction of it
@@ -229,6 +231,21 @@ def test_events_sent_before_a_reply_have_run_when_the_call_returns_never_on_the_
     assert threading.current_thread().name not in child.target.event_threads
 
 
+def test_events_sent_before_an_async_reply_have_run_when_it_returns_never_on_the_loop() -> None:
+    """The lone async caller reads on its loop thread too, briefly (here long enough to read the events): the
+    events that come first still run in order before its call returns, and never on the loop."""
+
+    async def main(child: Child) -> None:
+        for _ in range(5):
+            child.target.events.clear()
+            assert await child.endpoint.acall("notify_then_return", 200, timeout=WAIT) == 200
+            assert child.target.events == list(range(200))
+
+    with _child(busy_wait=MAX_BUSY_WAIT) as spawned_child:
+        asyncio.run(main(spawned_child))
+        assert threading.current_thread().name not in spawned_child.target.event_threads
+
+
 class _Interrupted(Exception):
     """What our SIGINT handler raises in the main thread (as Ctrl-C raises KeyboardInterrupt)."""
 
@@ -270,6 +287,57 @@ def test_a_caller_waiting_on_a_slow_call_busy_waits_only_briefly(child: Child, b
     time.sleep(0.5)  # not a synchronisation: the length of the wait whose CPU cost is measured
     child.endpoint.call("release")
     assert waited.result(WAIT) < 0.25, "the caller kept polling while its call ran"
+
+
+def test_an_async_caller_waiting_on_a_slow_call_busy_waits_only_briefly(child: Child, background: Any) -> None:
+    """The lone async caller polls for its reply on its loop thread only ``busy_wait`` long."""
+
+    async def timed_call() -> float:
+        start = time.thread_time()
+        assert await child.endpoint.acall("wait_for_release", timeout=WAIT) is True
+        return time.thread_time() - start
+
+    def release_later() -> None:
+        time.sleep(0.5)  # not a synchronisation: the length of the wait whose CPU cost is measured
+        child.endpoint.call("release")
+
+    releasing = background.submit(release_later)
+    assert asyncio.run(timed_call()) < 0.25, "the loop kept polling while its call ran"
+    releasing.result(WAIT)
+
+
+def test_a_lone_async_caller_never_blocks_its_loop_on_a_message_only_partly_come(
+    raw_peer: tuple[Connection, Endpoint],
+) -> None:
+    """The loop reads only what has come: a peer stalled in the middle of a message leaves it free."""
+    raw, endpoint = raw_peer
+    body = pickle.dumps({"id": 99, "type": "g", "name": "value"})
+    frame = struct.pack("!i", len(body)) + body
+    loop_free = threading.Event()
+    in_time: list[bool] = []
+
+    def finish_the_message() -> None:
+        in_time.append(loop_free.wait(WAIT))  # a loop blocked reading sees the rest only after WAIT
+        os.write(raw.fileno(), frame[len(frame) // 2 :])
+
+    async def main() -> None:
+        os.write(raw.fileno(), frame[: len(frame) // 2])
+        calling = asyncio.ensure_future(endpoint.acall("echo", "x", timeout=WAIT))
+        await asyncio.sleep(0)  # the call's first step ran: it sent, and read what had come
+        loop_free.set()
+        request = await asyncio.to_thread(_receive, raw)
+        assert await asyncio.to_thread(_receive, raw) == {"id": 99, "type": "r", "payload": 1}
+        raw.send({"id": request["id"], "type": "r", "payload": "x"})
+        assert await calling == "x"
+
+    finisher = threading.Thread(target=finish_the_message)
+    finisher.start()
+    try:
+        asyncio.run(main())
+    finally:
+        loop_free.set()
+        finisher.join(WAIT)
+    assert in_time == [True], "the loop blocked on a message only partly come"
 
 
 @pytest.mark.parametrize("busy_wait", [0.0, 0.001])

@@ -7,8 +7,9 @@ holds up other requests or heartbeats. Who reads depends on the side, since ever
 one thread to another costs a wake-up:
 
 - the calling side (``callers_read``, the host): the role is free between messages. A sync caller
-  waiting for its reply reads the channel itself, so the reply wakes no other thread; whatever
-  arrives while no caller reads wakes a standby thread (epoll) that reads it.
+  waiting for its reply reads the channel itself, so the reply wakes no other thread; so does the
+  lone async caller, on its loop thread, for as long as it busy-waits (below); whatever arrives
+  while no caller reads wakes a standby thread (epoll) that reads it.
 - the serving side (the worker): a reader (leader/follower, on a pool thread) runs each call it
   reads itself, so a served call starts without waiting for another thread to wake. Meanwhile the
   standby watches the channel (armed once) and starts another reader only if a message arrives
@@ -26,8 +27,9 @@ batch rather than several per message. Writes never block a caller: what the soc
 take at once is written by a short-lived writer thread, bounded by the send timeout.
 
 A reader about to sleep waiting for the peer's next message first polls for it for ``busy_wait``
-seconds (100 microseconds by default) when it waits alone: the lone sync caller, the standby for
-the one async caller, the worker's reader after a request that came by itself. On virtual machines
+seconds (100 microseconds by default) when it waits alone: the lone sync caller, the lone async
+caller on its loop thread (then the standby for it), the worker's reader after a request that came
+by itself. On virtual machines
 a sleeping thread wakes tens of microseconds late, longer than a reply takes to come.
 """
 
@@ -463,7 +465,8 @@ class Endpoint:
             if self._callers_read and self._role.acquire(blocking=False):
                 assert self._standby is not None
                 self._standby.disarm()
-                self._standby.hand(functools.partial(self._read_on_standby, asked=True))
+                if not self._read_on_loop(pending, loop, seconds):
+                    self._standby.hand(functools.partial(self._read_on_standby, asked=True))
             return await future
         except _Expired:
             self._pending.pop(message.id, None)
@@ -572,6 +575,11 @@ class Endpoint:
     def _uncork(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._outbox_lock:
             self._corked.discard(loop)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write what is queued, unless another thread is writing it already."""
+        with self._outbox_lock:
             if self._writing or not self._outbox:
                 return
             self._writing = True
@@ -650,12 +658,15 @@ class Endpoint:
         """Settle from the reader, at the end of the current batch."""
         self._batch_settled.append((pending, value, error))
 
-    def _hand_over_batch(self, frames: _FrameReader | None) -> Call | None:
+    def _hand_over_batch(
+        self, frames: _FrameReader | None, here: asyncio.AbstractEventLoop | None = None
+    ) -> Call | None:
         """Wake the callers answered and start the calls received in the batch just read.
 
         Done last, just before the reader blocks again (which hands back the GIL): a thread woken
         earlier would find the GIL taken and sleep once more, and each wake costs microseconds.
-        Async callers are woken with one hand-off per event loop for the whole batch.
+        Async callers are woken with one hand-off per event loop for the whole batch; those of
+        ``here``, the loop running this thread (an async caller reading), are resolved at once.
 
         The last call of the batch is returned for the reader to run itself (see _read_loop), the
         others go to the pool; None when there is none (or when closing): the reader reads on."""
@@ -668,7 +679,11 @@ class Endpoint:
             else:
                 per_loop.setdefault(pending.loop, []).append((pending.future, value, error))
         for loop, items in per_loop.items():
-            self._deliver_later(loop, items)
+            if loop is here:
+                for future, value, error in items:
+                    _deliver(future, value, error)
+            else:
+                self._deliver_later(loop, items)
         kept = calls.pop() if calls and frames is not None and self._closed is None else None
         for message in calls:
             self._start_call(message)
@@ -746,18 +761,10 @@ class Endpoint:
                     self._await_data(deadline)  # before _bound_read, which on an os.pipe sleeps in poll
                 if not self._bound_read(deadline):
                     return False
-                self._deferred = []
                 try:
-                    interrupt = self._route(self._read_batch(frames))
+                    holding, interrupt = self._read_as_caller(frames)
                 except BlockingIOError:  # the read's bound passed (see _bound_read)
                     continue
-                finally:
-                    deferred, self._deferred = self._deferred, None
-                if deferred or self._batch_calls:
-                    holding = False  # the role goes with the work: see _finish_batch
-                    standby.hand(functools.partial(self._finish_batch, deferred))
-                else:
-                    self._hand_over_batch(frames)
                 if interrupt is not None:
                     raise interrupt
                 if not holding:
@@ -770,6 +777,70 @@ class Endpoint:
             if holding:
                 self._set_down()
         return pending.wait(0)  # the channel's end settled it
+
+    def _read_on_loop(self, pending: _Pending, loop: asyncio.AbstractEventLoop, seconds: float | None) -> bool:
+        """Holding the role (the standby disarmed), on the async caller's loop thread: busy-wait up to
+        ``busy_wait`` for the reply and read it here. True if the role is taken care of (set down, or gone
+        with work for the peer to the standby, or the channel ended); False to hand it to the standby.
+
+        Only the lone async caller does (one request pending): a loop woken by another thread starts as late
+        as any thread woken from sleep, and a reply read here resolves the future before it is awaited. Work for
+        the peer read meanwhile goes, with the role, to the standby, as in ``_read_for``; the loop never blocks:
+        it reads only what ``readable`` found, and a message only partly come waits for the standby."""
+        standby, frames = self._standby, self._frames
+        assert standby is not None and frames is not None
+        if not self._busy_wait or len(self._pending) != 1 or self._awaited != 1:
+            return False
+        if loop in self._corked:  # the request waits for the end of the turn; no one else's will join it
+            self._flush()
+        self._reading = threading.current_thread()
+        clock = time.monotonic
+        end = clock() + (self._busy_wait if seconds is None else min(self._busy_wait, seconds))
+        holding = True
+        try:
+            while pending.request.id in self._pending:
+                if not standby.readable():
+                    if clock() < end:
+                        continue
+                    holding = False  # the caller hands the role to the standby
+                    return False
+                try:
+                    holding, interrupt = self._read_as_caller(frames, loop)
+                except BlockingIOError:  # readable, yet nothing to read after all
+                    continue
+                if interrupt is not None:
+                    raise interrupt
+                if not holding:
+                    return True
+            return True
+        except _ChannelEnded as exc:
+            holding = False
+            self._channel_ended(str(exc))
+            return True
+        finally:
+            if holding:
+                self._set_down()
+
+    def _read_as_caller(
+        self, frames: _FrameReader, here: asyncio.AbstractEventLoop | None = None
+    ) -> tuple[bool, BaseException | None]:
+        """On a caller's thread, holding the role: read and route one batch; whether the role is still held,
+        and the interrupt (Ctrl-C) met while routing, to raise once the role is seen to.
+
+        Work for the peer in the batch never runs here (the caller may hold locks it needs): it goes, with
+        the role and the batch's replies, to the standby (see _finish_batch), so the replies are settled after
+        it ran, as when a reader runs it. ``here``: the caller's loop, whose futures are resolved at once."""
+        assert self._standby is not None
+        self._deferred = []
+        try:
+            interrupt = self._route(self._read_batch(frames))
+        finally:
+            deferred, self._deferred = self._deferred, None
+        if deferred or self._batch_calls:
+            self._standby.hand(functools.partial(self._finish_batch, deferred))
+            return False, interrupt
+        self._hand_over_batch(frames, here)
+        return True, interrupt
 
     def _bound_read(self, deadline: float | None) -> bool:
         """Bound the next read so it cannot block past ``deadline`` (None: no deadline); False once it passed.
@@ -870,11 +941,12 @@ class Endpoint:
             raise interrupt
 
     def _read_on(self) -> bool:
-        """Whether the standby reads on, blocked: unbounded while an async caller awaits, else a moment if it just
-        read work for the peer (events come in streams). Not after replies alone: a sync caller reads its own
-        reply, if the standby does not hold on to the reading."""
+        """Whether the standby reads on, blocked: unbounded while an async caller awaits a reply yet to come, else
+        a moment if it just read work for the peer (events come in streams). Not after replies alone: a sync
+        caller reads its own reply, and the lone async caller too (see _read_on_loop), if the standby does not
+        hold on to the reading."""
         streaming, self._streaming = self._streaming, False
-        if self._awaited:
+        if self._awaited and self._pending:
             self._set_read_bound(math.inf)
             return True
         if not streaming or self._socket is None:  # an os.pipe has no receive timeout
