@@ -11,6 +11,9 @@ are measured in turns, round after round, so a machine that speeds up or slows d
 - pipelined: many requests in flight, calls/s (median over rounds): raw (one thread keeps the
   window full: the best a bare pipe does), Endpoint with that many threads, and with that many
   asyncio tasks;
+- busy machine: the round trips again (raw and ``Endpoint.call``) while as many processes as there
+  are cores but one spin, so the peers and the spinners want more cores than there are: what
+  ``busy_wait`` costs where polling holds the core the peer needs (it backs off after misses);
 - ratios endpoint/raw (throughput ratios are medians of the per-round ratios).
 
 Goals: round trip p50 ratio <= 1.5; throughput ratio >= 0.5.
@@ -24,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import statistics
 import subprocess
 import sys
@@ -158,6 +162,25 @@ def _task_rate(loop: asyncio.AbstractEventLoop, endpoint: Endpoint, calls: int, 
     return loop.run_until_complete(run())
 
 
+@contextlib.contextmanager
+def _busy_machine() -> Iterator[int]:
+    """Every core but one kept busy by a spinning process (at least one); yields how many."""
+    count = max(1, (os.cpu_count() or 2) - 1)
+    program = "print('spinning', flush=True)\nwhile True: pass"
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True) for _ in range(count)
+    ]
+    try:
+        for spinner in spinners:
+            assert spinner.stdout is not None
+            spinner.stdout.readline()  # it spins from now on (or ended: EOF)
+        yield count
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait(_BOUND)
+
+
 def _percentiles(samples: list[float]) -> tuple[float, float]:
     """p50 and p99 in microseconds."""
     cuts = statistics.quantiles(samples, n=100, method="inclusive")
@@ -179,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     if options.quick:
         options.rounds, options.calls, options.pipelined, options.in_flight = 2, 50, 200, 8
 
-    latency: dict[str, list[float]] = {"raw": [], "call": [], "acall": []}
+    latency: dict[str, list[float]] = {"raw": [], "call": [], "acall": [], "busy raw": [], "busy call": []}
     rates: dict[str, list[float]] = {"raw": [], "threads": [], "tasks": []}
     loop = asyncio.new_event_loop()
     with _spawned("raw") as raw, _spawned("endpoint") as connection:
@@ -196,6 +219,10 @@ def main(argv: list[str] | None = None) -> None:
                 latency["raw"] += _timed(options.calls, raw_round_trip)
                 latency["call"] += _timed(options.calls, lambda: endpoint.call("noop"))
                 latency["acall"] += _timed_async(loop, options.calls, endpoint)
+            with _busy_machine() as spinners:
+                for _ in range(options.rounds):
+                    latency["busy raw"] += _timed(options.calls, raw_round_trip)
+                    latency["busy call"] += _timed(options.calls, lambda: endpoint.call("noop"))
             for _ in range(options.rounds):
                 rates["raw"].append(_raw_rate(raw, options.pipelined, options.in_flight))
                 rates["threads"].append(_thread_rate(endpoint, options.pipelined, options.in_flight))
@@ -203,11 +230,21 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             endpoint.close()
             loop.close()
+    _report(options, latency, rates, spinners)
 
+
+def _report(
+    options: argparse.Namespace, latency: dict[str, list[float]], rates: dict[str, list[float]], spinners: int
+) -> None:
+    """Print the figures and the ratios."""
     figures = {kind: _percentiles(samples) for kind, samples in latency.items()}
     total = options.rounds * options.calls
     print(f"round trip, {total} calls each, {options.rounds} rounds (microseconds)   p50       p99")
     for kind, label in (("raw", "raw pipe"), ("call", "Endpoint.call"), ("acall", "Endpoint.acall")):
+        p50, p99 = figures[kind]
+        print(f"  {label:<52}{p50:>8.1f}  {p99:>8.1f}")
+    print(f"round trip on a busy machine (cores: {os.cpu_count()}, spinning processes besides: {spinners})")
+    for kind, label in (("busy raw", "raw pipe"), ("busy call", "Endpoint.call")):
         p50, p99 = figures[kind]
         print(f"  {label:<52}{p50:>8.1f}  {p99:>8.1f}")
     print(
@@ -229,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  ratio round trip p50 acall: {figures['acall'][0] / figures['raw'][0]:.2f}")
     print(f"  ratio throughput threads:   {rate_ratio('threads'):.2f}")
     print(f"  ratio throughput tasks:     {rate_ratio('tasks'):.2f}")
+    print(f"  ratio busy machine p50 call: {figures['busy call'][0] / figures['busy raw'][0]:.2f}  (no goal)")
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ take at once is written by a short-lived writer thread, bounded by the send time
 A reader about to sleep waiting for the peer's next message first polls for it for ``busy_wait``
 seconds (100 microseconds by default) when it waits alone: the lone sync caller, the lone async
 caller on its loop thread (then the standby for it), the worker's reader after a request that came
-by itself. On virtual machines
-a sleeping thread wakes tens of microseconds late, longer than a reply takes to come.
+by itself. On virtual machines a sleeping thread wakes tens of microseconds late, longer than a
+reply takes to come. After a poll that found nothing the next waits sleep at once, more of them
+after each further miss (see ``_spin``): on a machine whose cores are all busy, polling holds the
+core the peer needs.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from boss_sidecar._pending import _Deadlines, _deliver, _describe, _Expired, _Pe
 from boss_sidecar._pickling import _dump_parts, _dumps, _which_unpicklable, portable_error
 from boss_sidecar._pool import _Pool
 from boss_sidecar._salvage import _load_structure, _salvage, _StandIn
+from boss_sidecar._spin import _SpinBudget
 from boss_sidecar._standby import _Standby
 from boss_sidecar.errors import (
     CallTimeout,
@@ -151,7 +154,7 @@ class Endpoint:
         if not 0 <= busy_wait <= MAX_BUSY_WAIT:
             raise ValueError(f"busy_wait must be between 0 and {MAX_BUSY_WAIT:g} seconds, got {busy_wait!r}")
         self.name = name
-        self._busy_wait = busy_wait
+        self._spin = _SpinBudget(busy_wait)
         self._connection = connection
         self._fd = connection.fileno()
         self._socket = _socket_of(self._fd)
@@ -789,21 +792,26 @@ class Endpoint:
         it reads only what ``readable`` found, and a message only partly come waits for the standby."""
         standby, frames = self._standby, self._frames
         assert standby is not None and frames is not None
-        if not self._busy_wait or len(self._pending) != 1 or self._awaited != 1:
+        if len(self._pending) != 1 or self._awaited != 1:
+            return False
+        budget = self._spin.next_wait()
+        if not budget:
             return False
         if loop in self._corked:  # the request waits for the end of the turn; no one else's will join it
             self._flush()
         self._reading = threading.current_thread()
         clock = time.monotonic
-        end = clock() + (self._busy_wait if seconds is None else min(self._busy_wait, seconds))
+        end = clock() + (budget if seconds is None else min(budget, seconds))
         holding = True
         try:
             while pending.request.id in self._pending:
                 if not standby.readable():
                     if clock() < end:
                         continue
+                    self._spin.miss()
                     holding = False  # the caller hands the role to the standby
                     return False
+                self._spin.hit()
                 try:
                     holding, interrupt = self._read_as_caller(frames, loop)
                 except BlockingIOError:  # readable, yet nothing to read after all
@@ -869,16 +877,22 @@ class Endpoint:
         On a virtual machine a thread woken from sleep starts some 20 to 50 microseconds late (the
         virtual CPU halted), against about one for a poll that finds data, and a reply usually comes
         within tens of microseconds. Only the lone waiter spins (one request pending, or no served call
-        running): where other threads have work, the spinner would only take turns at the GIL from them."""
+        running): where other threads have work, the spinner would only take turns at the GIL from them.
+        After a miss the next waits sleep at once (see _SpinBudget): on a busy machine the poll holds the core
+        the peer needs."""
         standby = self._standby
-        if not self._busy_wait or standby is None:
+        budget = self._spin.next_wait()
+        if not budget or standby is None:
             return
         clock = time.monotonic
-        end = clock() + self._busy_wait
+        end = clock() + budget
         if deadline is not None:
             end = min(end, deadline)
-        while not standby.readable() and clock() < end:
-            pass
+        while not standby.readable():
+            if clock() >= end:
+                self._spin.miss()
+                return
+        self._spin.hit()
 
     def _set_read_bound(self, seconds: float) -> None:
         """Set the socket's receive timeout (math.inf: none); a no-op on an os.pipe."""
