@@ -16,7 +16,7 @@ from boss_sidecar.errors import ProtocolError
 _HEADER = struct.Struct("!i")  # Connection's framing: a signed 4-byte length ...
 _LONG_HEADER = struct.Struct("!iQ")  # ... or -1 and an 8-byte length for messages of 2 GiB and more
 _LONG = 0x7FFFFFFF
-_READ_BUFFER = 256 * 1024  # one read takes up to this much: every message that has arrived
+_READ_BUFFER = 1024 * 1024  # one read takes up to this much: every message that has arrived
 _KEPT_OF_OVERSIZED = 4096  # of a message over the limit, the start is kept to find its id
 
 
@@ -38,7 +38,9 @@ class _FrameReader:
     whole message it completed, so a reader that first waits for the descriptor to be readable
     never blocks past its deadline. Messages are memoryviews into a reused buffer, valid until
     the next ``batch``; a message bigger than the buffer is gathered, read by read, in a buffer
-    of its own, and one over ``limit`` is read past, only its start kept.
+    of its own, and one over ``limit`` is read past, only its start kept. Reads go on where the
+    last one ended until a message would not fit, so a stream of large messages is seldom copied
+    within the buffer (that copy took a third of the host's time delivering 64 KiB samples).
     """
 
     def __init__(self, fd: int, limit: int) -> None:
@@ -104,11 +106,27 @@ class _FrameReader:
             return
 
     def _compact(self) -> None:
-        """Move a partly read message to the front so the next read has room for the rest."""
+        """Make room for the rest of a partly read message: move it to the front only if it would not
+        fit where it is (a copy, so as seldom as can be); with nothing left over, start at the front."""
         left = self._end - self._start
-        if left and self._start:
+        if not left:
+            self._start = self._end = 0
+        elif self._start and not self._fits_in_place():
             self._buffer[:left] = bytes(self._view[self._start : self._end])
-        self._start, self._end = 0, left
+            self._start, self._end = 0, left
+
+    def _fits_in_place(self) -> bool:
+        """Whether the partly read message at ``_start`` ends inside the buffer (its header read whole)."""
+        left = self._end - self._start
+        if left < _HEADER.size:
+            return False
+        size: int = _HEADER.unpack_from(self._buffer, self._start)[0]
+        header = _HEADER.size
+        if size == -1:
+            if left < _LONG_HEADER.size:
+                return False
+            size, header = _LONG_HEADER.unpack_from(self._buffer, self._start)[1], _LONG_HEADER.size
+        return self._start + header + size <= len(self._buffer)
 
     def _fill(self, at: int, inside: str) -> int:
         """One read into the buffer at ``at``; raise _ChannelEnded on end of stream."""

@@ -16,16 +16,19 @@ from typing import Any
 
 import structlog
 
+from boss_sidecar._framing import _READ_BUFFER
 from boss_sidecar.errors import SidecarError
 
 _log = structlog.get_logger("boss_sidecar.worker.forward")
 
 MAX_BATCH = 512
 """Items taken off the queue at once (a run pushed at once is not split)."""
-MAX_MESSAGE_BYTES = 192 * 1024
-"""Payload bytes per message at most (one item may exceed it). The host reads a message this
-size into its reusable buffer; larger ones cost it (and us) a fresh allocation each, and the page
-faults that come with it cost more than the extra messages."""
+MAX_MESSAGE_BYTES = _READ_BUFFER // 2
+"""Payload bytes per message at most (one item may exceed it): half the host's read buffer, so a
+message this size is read into that reusable buffer, whole, most reads. Larger ones cost it (and
+us) a fresh allocation each, and the page faults that come with it cost more than the extra
+messages; smaller ones cost more messages (at 192 KiB, 64 KiB samples were delivered some 25%
+slower)."""
 _DRAIN = "__drain__"
 
 Entry = tuple[str, list[Any]]
