@@ -757,7 +757,7 @@ class Endpoint:
         standby.disarm()
         self._reading = threading.current_thread()
         deadline = None if seconds is None else time.monotonic() + seconds
-        holding = True
+        role = _Role()
         try:
             while not pending.wait(0):
                 if len(self._pending) == 1:
@@ -765,19 +765,19 @@ class Endpoint:
                 if not self._bound_read(deadline):
                     return False
                 try:
-                    holding, interrupt = self._read_as_caller(frames)
+                    interrupt = self._read_as_caller(frames, role)
                 except BlockingIOError:  # the read's bound passed (see _bound_read)
                     continue
                 if interrupt is not None:
                     raise interrupt
-                if not holding:
+                if not role.held:
                     return pending.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
             return True
         except _ChannelEnded as exc:
-            holding = False
+            role.held = False
             self._channel_ended(str(exc))
         finally:
-            if holding:
+            if role.held:
                 self._set_down()
         return pending.wait(0)  # the channel's end settled it
 
@@ -802,42 +802,43 @@ class Endpoint:
         self._reading = threading.current_thread()
         clock = time.monotonic
         end = clock() + (budget if seconds is None else min(budget, seconds))
-        holding = True
+        role = _Role()
         try:
             while pending.request.id in self._pending:
                 if not standby.readable():
                     if clock() < end:
                         continue
                     self._spin.miss()
-                    holding = False  # the caller hands the role to the standby
+                    role.held = False  # the caller hands the role to the standby
                     return False
                 self._spin.hit()
                 try:
-                    holding, interrupt = self._read_as_caller(frames, loop)
+                    interrupt = self._read_as_caller(frames, role, loop)
                 except BlockingIOError:  # readable, yet nothing to read after all
                     continue
                 if interrupt is not None:
                     raise interrupt
-                if not holding:
+                if not role.held:
                     return True
             return True
         except _ChannelEnded as exc:
-            holding = False
+            role.held = False
             self._channel_ended(str(exc))
             return True
         finally:
-            if holding:
+            if role.held:
                 self._set_down()
 
     def _read_as_caller(
-        self, frames: _FrameReader, here: asyncio.AbstractEventLoop | None = None
-    ) -> tuple[bool, BaseException | None]:
-        """On a caller's thread, holding the role: read and route one batch; whether the role is still held,
-        and the interrupt (Ctrl-C) met while routing, to raise once the role is seen to.
+        self, frames: _FrameReader, role: _Role, here: asyncio.AbstractEventLoop | None = None
+    ) -> BaseException | None:
+        """On a caller's thread, holding the role: read and route one batch; the interrupt (Ctrl-C) met while
+        routing, to raise once the role is seen to.
 
         Work for the peer in the batch never runs here (the caller may hold locks it needs): it goes, with
-        the role and the batch's replies, to the standby (see _finish_batch), so the replies are settled after
-        it ran, as when a reader runs it. ``here``: the caller's loop, whose futures are resolved at once."""
+        the role (``role.held`` cleared first) and the batch's replies, to the standby (see _finish_batch), so
+        the replies are settled after it ran, as when a reader runs it. ``here``: the caller's loop, whose
+        futures are resolved at once."""
         assert self._standby is not None
         self._deferred = []
         try:
@@ -845,10 +846,11 @@ class Endpoint:
         finally:
             deferred, self._deferred = self._deferred, None
         if deferred or self._batch_calls:
+            role.held = False  # before the hand-over: the work may interrupt this thread (Ctrl-C) at once
             self._standby.hand(functools.partial(self._finish_batch, deferred))
-            return False, interrupt
+            return interrupt
         self._hand_over_batch(frames, here)
-        return True, interrupt
+        return interrupt
 
     def _bound_read(self, deadline: float | None) -> bool:
         """Bound the next read so it cannot block past ``deadline`` (None: no deadline); False once it passed.
@@ -1330,6 +1332,16 @@ class Endpoint:
             self._send_quietly(Error(id=message_id, error=gist, traceback=gist.traceback))
         except SidecarError as exc:
             self._log.debug("reply not sent", reason=str(exc))
+
+
+class _Role:
+    """Whether a caller's thread still holds the reading role: every way out of its read, an interrupt
+    included, must know whether to set the role down or whether the standby has it now."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = True
 
 
 async def _awaited(awaitable: Any) -> Any:
