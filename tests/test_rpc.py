@@ -37,7 +37,7 @@ from boss_sidecar.errors import (
     SidecarError,
     SidecarUnavailable,
 )
-from boss_sidecar.protocol import Call, new_id
+from boss_sidecar.protocol import Call, Ping, new_id
 from boss_sidecar.rpc import MAX_BUSY_WAIT, Endpoint
 from peers import EXIT_TIMEOUT, spawned
 
@@ -627,32 +627,100 @@ def test_a_served_call_that_waits_holds_up_no_other_request(monkeypatch: pytest.
     """While a served call waits, other calls and pings are answered: the standby reads meanwhile,
     or, where there is none (no epoll), the reading passed on before the call ran."""
     monkeypatch.setattr(_Standby, "SUPPORTED", standby)
-    entered, release = threading.Event(), threading.Event()
-
-    class Gate:
-        def wait(self) -> bool:
-            entered.set()
-            return release.wait(WAIT)
-
-        def echo(self, value: Any) -> Any:
-            return value
-
+    gate = _Gate()
     client_end, server_end = Pipe()
-    server = Endpoint(server_end, Gate(), name="server")
+    server = Endpoint(server_end, gate, name="server")
     client = Endpoint(client_end, name="client")
     try:
         assert (server._standby is not None) is standby
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(client.call, "wait", timeout=WAIT)
-            assert entered.wait(WAIT)
+            assert gate.entered.wait(WAIT)
             assert client.call("echo", 5, timeout=WAIT) == 5
             assert client.ping(timeout=WAIT) >= 0
-            release.set()
+            gate.release.set()
             assert waiting.result(WAIT) is True
     finally:
-        release.set()
+        gate.release.set()
         client.close()
         server.close()
+
+
+class _Gate:
+    """Serves ``wait``, which waits until released, and ``echo``."""
+
+    def __init__(self) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def wait(self) -> bool:
+        self.entered.set()
+        return self.release.wait(WAIT)
+
+    def echo(self, value: Any) -> Any:
+        return value
+
+
+def test_calls_read_together_are_not_held_up_by_a_slow_one() -> None:
+    """The serving side (``callers_read=False``, as the worker) runs calls read together one after another:
+    one that waits holds up neither the calls that came with it nor a ping that comes after."""
+    gate = _Gate()
+    ours, theirs = Pipe()
+    server = Endpoint(theirs, gate, name="server", callers_read=False)
+    try:
+        assert _receive(ours)["type"] == "hello"
+        calls = [Call(id=1, method="wait").to_wire(), Call(id=2, method="echo", args=(5,)).to_wire()]
+        os.write(ours.fileno(), b"".join(_framed(call) for call in calls))  # one write: read as one batch
+        assert gate.entered.wait(WAIT)
+        assert _receive_reply(ours, 2) == {"id": 2, "type": "r", "payload": 5}
+        ours.send(Ping(id=3, sent=0.0).to_wire())
+        assert _receive(ours)["type"] == "pong"
+        gate.release.set()
+        assert _receive_reply(ours, 1)["payload"] is True
+    finally:
+        gate.release.set()
+        server.close()
+        ours.close()
+
+
+def test_a_call_read_with_others_can_call_back_and_wait_for_the_answer() -> None:
+    """A served call run in a batch that asks the peer something gets its answer (read by another thread
+    meanwhile), and the batch's replies all come."""
+
+    class Asker:
+        endpoint: Endpoint | None = None
+
+        def ask(self) -> Any:
+            assert self.endpoint is not None
+            return self.endpoint.call("greet", "you", timeout=WAIT)
+
+        def echo(self, value: Any) -> Any:
+            return value
+
+    asker = Asker()
+    ours, theirs = Pipe()
+    server = asker.endpoint = Endpoint(theirs, asker, name="server", callers_read=False)
+    try:
+        assert _receive(ours)["type"] == "hello"
+        calls = [Call(id=1, method="ask").to_wire(), Call(id=2, method="echo", args=(5,)).to_wire()]
+        os.write(ours.fileno(), b"".join(_framed(call) for call in calls))  # one write: read as one batch
+        seen = [_receive(ours)]
+        while seen[-1].get("method") != "greet":  # the echo's reply may come first
+            seen.append(_receive(ours))
+        ours.send({"id": seen[-1]["id"], "type": "r", "payload": "hello you"})
+        while seen[-1].get("id") != 1:
+            seen.append(_receive(ours))
+        assert seen[-1] == {"id": 1, "type": "r", "payload": "hello you"}
+        if {"id": 2, "type": "r", "payload": 5} not in seen:
+            assert _receive_reply(ours, 2)["payload"] == 5
+    finally:
+        server.close()
+        ours.close()
+
+
+def _framed(message: dict[str, Any]) -> bytes:
+    """``message`` as ``Connection.send`` frames it."""
+    body = pickle.dumps(message)
+    return struct.pack("!i", len(body)) + body
 
 
 def test_ping_measures_a_round_trip(pair: tuple[Endpoint, Endpoint]) -> None:

@@ -14,6 +14,8 @@ one thread to another costs a wake-up:
   reads itself, so a served call starts without waiting for another thread to wake. Meanwhile the
   standby watches the channel (armed once) and starts another reader only if a message arrives
   before the call returns; on a busy channel the reading passes to a pool thread at once instead.
+  Calls read together run one after another on the reader, their replies sent in one write, with
+  a pool thread watching: past a millisecond it sends what is done and starts the rest in the pool.
 
 Sync and async callers share one core: a request is a ``_Pending`` registered by id; ``call``
 blocks on it (or reads for it), ``acall`` awaits it.
@@ -38,6 +40,7 @@ core the peer needs.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import inspect
@@ -106,6 +109,8 @@ _PARTS_PER_WRITE = 512  # buffers per sendmsg/writev call (IOV_MAX is 1024 on Li
 _SEND_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)
 _CORK_PARTS = 32  # a loop's corked requests are written once this many frame parts wait (16 messages)
 _LINGER = 0.002  # seconds the standby reads on after a message, in case more comes (see _read_on_standby)
+_RESCUE_AFTER = 0.001  # a batch's calls not run by then on the reader go to the pool (see _run_read_batch)
+_HOLD_BYTES = 256 * 1024  # replies held for one write at most (see _hold)
 _SETTLING_GRACE = 5.0  # a reply being delivered as the caller times out arrives within this
 _PLAIN = frozenset({type(None), bool, int, float, str, bytes, tuple, list, dict})  # results never awaitable
 
@@ -177,6 +182,7 @@ class Endpoint:
         self._drained = threading.Condition(self._outbox_lock)
         self._throttled = 0  # senders waiting on _drained
         self._corked: set[asyncio.AbstractEventLoop] = set()  # loops in a turn that woke callers (see _send_bytes)
+        self._holding: dict[int, _Batch] = {}  # threads running a batch of calls, by ident (see _hold)
         self._undelivered: dict[asyncio.AbstractEventLoop, list[Any]] = {}  # replies a loop is yet to take
         self._deadlines: dict[asyncio.AbstractEventLoop, _Deadlines] = {}
         self._closed: SidecarError | None = None
@@ -438,6 +444,8 @@ class Endpoint:
         except BaseException:
             self._pending.pop(message.id, None)
             raise
+        if self._holding:
+            self._out_of_batch()
         return pending
 
     def _round_trip(self, message: Message, seconds: float | None) -> Any:
@@ -548,6 +556,35 @@ class Endpoint:
             self._writing = True
         self._write_outbox(block=False, parts=parts)
 
+    def _hold(self, header: bytes, body: list[bytes], size: int) -> bool:
+        """Keep a reply of a call run by a thread running a batch of calls (see _run_read_batch), to go out with
+        the batch's others in one write; False if this thread runs none. Past _HOLD_BYTES they all go at once."""
+        with self._outbox_lock:
+            batch = self._holding.get(threading.get_ident())
+            if batch is None:
+                return False
+            self._raise_if_closed()
+            batch.held.append(header)
+            batch.held += body
+            batch.size += len(header) + size
+            full = batch.size >= _HOLD_BYTES
+        if full:
+            self._release(batch)
+        return True
+
+    def _release(self, batch: _Batch) -> None:
+        """Send the replies ``batch`` holds and hold no more; once (by the reader, or by the rescue)."""
+        with self._outbox_lock:
+            if self._holding.get(batch.owner) is not batch:
+                return
+            del self._holding[batch.owner]
+            held, batch.held = batch.held, []
+            if not held or self._closed is not None:
+                return
+            self._backlog += batch.size
+            self._outbox += held
+        self._flush()
+
     def _deliver_later(
         self, loop: asyncio.AbstractEventLoop, items: list[tuple[asyncio.Future[Any], Any, Any]]
     ) -> None:
@@ -650,6 +687,13 @@ class Endpoint:
             parts = _after(parts, sent)
         return parts
 
+    def _send_reply(self, message: Result | Error) -> None:
+        """Send a served call's reply, or hold it if this thread runs a batch of calls (see _hold). Only
+        replies: a request the call makes (a call back to the peer) must go out at once."""
+        parts, size = self._encode(message)
+        if not (self._holding and self._hold(_header(size), parts, size)):
+            self._send_parts(parts, size)
+
     def _send_quietly(self, message: Message) -> None:
         """Send a reply; if the channel is gone there is no one left to tell."""
         try:
@@ -663,7 +707,7 @@ class Endpoint:
 
     def _hand_over_batch(
         self, frames: _FrameReader | None, here: asyncio.AbstractEventLoop | None = None
-    ) -> Call | None:
+    ) -> list[Call]:
         """Wake the callers answered and start the calls received in the batch just read.
 
         Done last, just before the reader blocks again (which hands back the GIL): a thread woken
@@ -671,8 +715,8 @@ class Endpoint:
         Async callers are woken with one hand-off per event loop for the whole batch; those of
         ``here``, the loop running this thread (an async caller reading), are resolved at once.
 
-        The last call of the batch is returned for the reader to run itself (see _read_loop), the
-        others go to the pool; None when there is none (or when closing): the reader reads on."""
+        The batch's calls are returned for the reader to run itself (see _read_loop); when closing
+        they go to the pool (which refuses them) and none is returned."""
         settled, self._batch_settled = self._batch_settled, []
         calls, self._batch_calls = self._batch_calls, []
         per_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
@@ -687,10 +731,15 @@ class Endpoint:
                     _deliver(future, value, error)
             else:
                 self._deliver_later(loop, items)
-        kept = calls.pop() if calls and frames is not None and self._closed is None else None
-        for message in calls:
-            self._start_call(message)
-        return kept
+        if frames is not None and self._closed is None:
+            return calls
+        self._start_calls(calls)
+        return []
+
+    def _start_calls(self, calls: list[Call]) -> None:
+        """Calls read where they may not run (a caller's thread, the standby, closing): to the pool."""
+        for call in calls:
+            self._start_call(call)
 
     def _start_call(self, message: Call) -> None:
         """Run a served call on a pool thread."""
@@ -723,7 +772,7 @@ class Endpoint:
                 self._channel_ended(str(exc))
                 return
             me.name = own_name
-            if kept is None or not self._run_read_call(kept, frames):
+            if not kept or not self._run_read_calls(kept, frames):
                 return  # another thread reads now
 
     def _channel_ended(self, reason: str) -> None:
@@ -914,14 +963,9 @@ class Endpoint:
                     work()
                 except Exception:  # each reports its own failures; this is the last resort
                     self._log.exception("served work failed")
-            self._start_kept(self._hand_over_batch(self._frames))
+            self._start_calls(self._hand_over_batch(self._frames))
         finally:
             self._set_down()
-
-    def _start_kept(self, call: Call | None) -> None:
-        """A call read where it may not run (a caller's thread, the standby): to the pool."""
-        if call is not None:
-            self._start_call(call)
 
     def _read_on_standby(self, asked: bool = False) -> None:
         """On the standby, holding the role (callers read): read what came while no caller read (``asked``: an
@@ -949,7 +993,7 @@ class Endpoint:
                 self._channel_ended(str(exc))
                 return
             else:
-                self._start_kept(self._hand_over_batch(frames))
+                self._start_calls(self._hand_over_batch(frames))
             if not self._read_on():
                 break
         self._set_down()
@@ -995,8 +1039,8 @@ class Endpoint:
                 interrupt = interrupt or exc
         return interrupt
 
-    def _read_until_call(self, frames: _FrameReader, on_standby: bool) -> Call | None:
-        """Read and route batches until one brings a call for this thread to run; None when, on
+    def _read_until_call(self, frames: _FrameReader, on_standby: bool) -> list[Call]:
+        """Read and route batches until one brings calls for this thread to run; none when, on
         standby, the reading passed to a pool thread."""
         while True:
             if self._one_at_a_time and not self._running:
@@ -1008,12 +1052,85 @@ class Endpoint:
             if interrupt is not None:
                 raise interrupt
             if on_standby:
-                if kept is not None:
-                    self._start_call(kept)
+                self._start_calls(kept)
                 if self._pass_reading(frames):
-                    return None
-            elif kept is not None:
+                    return []
+            elif kept:
                 return kept
+
+    def _run_read_calls(self, calls: list[Call], frames: _FrameReader) -> bool:
+        """Run the calls the reader read; True if this thread still reads after."""
+        if len(calls) > 1 and self._standby is not None:
+            return self._run_read_batch(calls, frames)
+        self._start_calls(calls[:-1])
+        return self._run_read_call(calls[-1], frames)
+
+    def _run_read_batch(self, calls: list[Call], frames: _FrameReader) -> bool:
+        """Run calls read together on the reader's thread, one after another, their replies held to go out in
+        one write (see _hold); True if this thread still reads after.
+
+        Requests that come together (a peer's many tasks or threads) mostly want quick answers: run here they
+        wake no pool thread each, the peer reads their replies with one read instead of one each, and what
+        arrives meanwhile waits to be read as one batch. Should a call be slow, the pool thread watching the
+        batch (see _rescue) steps in after _RESCUE_AFTER: the replies held go out, the calls not yet run start
+        in the pool and the standby reads the channel again. So nothing waits on a slow call for longer than
+        that; with no pool thread free to watch, the calls start in the pool as one at a time would."""
+        standby = self._standby
+        assert standby is not None
+        batch = _Batch(calls, threading.get_ident())
+        try:
+            watched = self._pool.try_submit(self._rescue, batch)
+        except RuntimeError:  # pool shut down: we are closing
+            watched = False
+        if not watched:
+            self._start_calls(calls[:-1])
+            return self._run_read_call(calls[-1], frames)
+        me = threading.current_thread()
+        self._reading = None
+        with self._outbox_lock:
+            self._holding[batch.owner] = batch
+        self._role.release()  # for the standby, should the rescue arm it
+        while (call := batch.take()) is not None:
+            self._run_call(call)
+        batch.done = True
+        back = self._role.acquire(blocking=False)  # False: the standby read meanwhile and started another reader
+        if back:
+            if batch.armed:
+                standby.disarm()
+            self._reading = me
+        self._release(batch)
+        return back
+
+    def _out_of_batch(self) -> None:
+        """A call run in a batch (see _run_read_batch) asked the peer something and will wait for the answer: have
+        the standby read the channel, and send the replies held, rather than wait for the rescue."""
+        batch = self._holding.get(threading.get_ident())
+        if batch is not None:
+            self._let_standby_read(batch)
+            self._release(batch)
+
+    def _let_standby_read(self, batch: _Batch) -> None:
+        """While the reader runs ``batch``, have the standby read what comes (the reader disarms it after)."""
+        if not batch.armed:
+            batch.armed = True
+            assert self._standby is not None
+            self._standby.arm()
+
+    def _rescue(self, batch: _Batch) -> None:
+        """On a pool thread, a moment after the reader started a batch of calls: if it has not run them all yet
+        (a slow call), have the standby read the channel again, send the replies held and start the calls not
+        yet reached in the pool. The wait is the point: a batch of quick calls is done by then."""
+        if batch.done:
+            return
+        time.sleep(_RESCUE_AFTER)
+        if batch.done:
+            return
+        self._let_standby_read(batch)
+        self._release(batch)
+        rest = batch.take_all()
+        if rest:
+            self._start_calls(rest[:-1])
+            self._run_call(rest[-1])
 
     def _run_read_call(self, call: Call, frames: _FrameReader) -> bool:
         """Run a call the reader read, on the reader's thread; True if this thread still reads after.
@@ -1314,7 +1431,7 @@ class Endpoint:
 
     def _reply_result(self, request: Call | GetAttribute, value: Any) -> None:
         try:
-            self._send(Result(id=request.id, payload=value))
+            self._send_reply(Result(id=request.id, payload=value))
         except (EncodeError, MessageTooLarge) as exc:
             what = self._name_served(request) if isinstance(request, Call) else _describe(request)
             self._reply_error(request.id, type(exc)(f"{self.name}: result of {what}: {exc}"))
@@ -1324,7 +1441,7 @@ class Endpoint:
     def _reply_error(self, message_id: int, error: BaseException) -> None:
         text = "".join(traceback.format_exception(error))
         try:
-            self._send(Error(id=message_id, error=portable_error(error), traceback=text))
+            self._send_reply(Error(id=message_id, error=portable_error(error), traceback=text))
         except (EncodeError, MessageTooLarge):
             # Too big to travel (a huge message or traceback): send its gist rather than leave the caller waiting.
             kind = type(error)
@@ -1342,6 +1459,33 @@ class _Role:
 
     def __init__(self) -> None:
         self.held = True
+
+
+class _Batch:
+    """Calls read together that the reader runs one after another (see Endpoint._run_read_batch), and the
+    replies it holds meanwhile. ``take`` is safe from two threads (a deque's popleft is atomic)."""
+
+    __slots__ = ("armed", "calls", "done", "held", "owner", "size")
+
+    def __init__(self, calls: list[Call], owner: int) -> None:
+        self.calls = collections.deque(calls)
+        self.owner = owner  # the thread ident whose replies are held
+        self.held: list[Any] = []  # frame parts of the replies held
+        self.size = 0  # their bytes
+        self.done = False  # the reader ran them all
+        self.armed = False  # the standby reads meanwhile (a slow call, or one waiting on the peer)
+
+    def take(self) -> Call | None:
+        try:
+            return self.calls.popleft()
+        except IndexError:
+            return None
+
+    def take_all(self) -> list[Call]:
+        taken = []
+        while (call := self.take()) is not None:
+            taken.append(call)
+        return taken
 
 
 async def _awaited(awaitable: Any) -> Any:
