@@ -69,16 +69,8 @@ class _FrameReader:
 
     def _split(self, frames: list[memoryview | bytes | bytearray | _Oversized]) -> None:
         """Add the whole messages in the buffer to ``frames``; start gathering or skipping a big one."""
-        while self._end - self._start >= _HEADER.size:
-            size = _HEADER.unpack_from(self._buffer, self._start)[0]
-            header = _HEADER.size
-            if size == -1:
-                if self._end - self._start < _LONG_HEADER.size:
-                    break
-                size = _LONG_HEADER.unpack_from(self._buffer, self._start)[1]
-                header = _LONG_HEADER.size
-            elif size < 0:
-                raise ProtocolError(f"bad message length {size}: the byte stream is corrupt")
+        while (found := self._header_at_start()) is not None:
+            size, header = found
             body = self._start + header
             here = self._end - body
             if here >= size and size <= self._limit:
@@ -117,16 +109,22 @@ class _FrameReader:
 
     def _fits_in_place(self) -> bool:
         """Whether the partly read message at ``_start`` ends inside the buffer (its header read whole)."""
+        found = self._header_at_start()
+        return found is not None and self._start + found[1] + found[0] <= len(self._buffer)
+
+    def _header_at_start(self) -> tuple[int, int] | None:
+        """The size of the message at ``_start`` and of its header; None until the header is read whole."""
         left = self._end - self._start
         if left < _HEADER.size:
-            return False
+            return None
         size: int = _HEADER.unpack_from(self._buffer, self._start)[0]
-        header = _HEADER.size
-        if size == -1:
-            if left < _LONG_HEADER.size:
-                return False
-            size, header = _LONG_HEADER.unpack_from(self._buffer, self._start)[1], _LONG_HEADER.size
-        return self._start + header + size <= len(self._buffer)
+        if size >= 0:
+            return size, _HEADER.size
+        if size != -1:
+            raise ProtocolError(f"bad message length {size}: the byte stream is corrupt")
+        if left < _LONG_HEADER.size:
+            return None
+        return _LONG_HEADER.unpack_from(self._buffer, self._start)[1], _LONG_HEADER.size
 
     def _fill(self, at: int, inside: str) -> int:
         """One read into the buffer at ``at``; raise _ChannelEnded on end of stream."""
