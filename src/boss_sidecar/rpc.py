@@ -556,12 +556,12 @@ class Endpoint:
             self._writing = True
         self._write_outbox(block=False, parts=parts)
 
-    def _hold(self, header: bytes, body: list[bytes], size: int) -> bool:
-        """Keep a reply of a call run by a thread running a batch of calls (see _run_read_batch), to go out with
-        the batch's others in one write; False if this thread runs none. Past _HOLD_BYTES they all go at once."""
+    def _hold(self, batch: _Batch, body: list[bytes], size: int) -> bool:
+        """Keep a reply of a call in ``batch`` (see _run_read_batch), to go out with the batch's others in one
+        write; False if the batch holds no more (released). Past _HOLD_BYTES they all go at once."""
+        header = _header(size)
         with self._outbox_lock:
-            batch = self._holding.get(threading.get_ident())
-            if batch is None:
+            if self._holding.get(batch.owner) is not batch:
                 return False
             self._raise_if_closed()
             batch.held.append(header)
@@ -691,7 +691,8 @@ class Endpoint:
         """Send a served call's reply, or hold it if this thread runs a batch of calls (see _hold). Only
         replies: a request the call makes (a call back to the peer) must go out at once."""
         parts, size = self._encode(message)
-        if not (self._holding and self._hold(_header(size), parts, size)):
+        batch = self._holding.get(threading.get_ident()) if self._holding else None  # a dict read: no lock
+        if batch is None or not self._hold(batch, parts, size):
             self._send_parts(parts, size)
 
     def _send_quietly(self, message: Message) -> None:
@@ -839,8 +840,8 @@ class Endpoint:
         as any thread woken from sleep, and a reply read here resolves the future before it is awaited. Work for
         the peer read meanwhile goes, with the role, to the standby, as in ``_read_for``; the loop never blocks:
         it reads only what ``readable`` found, and a message only partly come waits for the standby."""
-        standby, frames = self._standby, self._frames
-        assert standby is not None and frames is not None
+        frames = self._frames
+        assert frames is not None
         if len(self._pending) != 1 or self._awaited != 1:
             return False
         budget = self._spin.next_wait()
@@ -849,18 +850,13 @@ class Endpoint:
         if loop in self._corked:  # the request waits for the end of the turn; no one else's will join it
             self._flush()
         self._reading = threading.current_thread()
-        clock = time.monotonic
-        end = clock() + (budget if seconds is None else min(budget, seconds))
+        end = time.monotonic() + (budget if seconds is None else min(budget, seconds))
         role = _Role()
         try:
             while pending.request.id in self._pending:
-                if not standby.readable():
-                    if clock() < end:
-                        continue
-                    self._spin.miss()
+                if not self._spin_until(end):
                     role.held = False  # the caller hands the role to the standby
                     return False
-                self._spin.hit()
                 try:
                     interrupt = self._read_as_caller(frames, role, loop)
                 except BlockingIOError:  # readable, yet nothing to read after all
@@ -931,19 +927,22 @@ class Endpoint:
         running): where other threads have work, the spinner would only take turns at the GIL from them.
         After a miss the next waits sleep at once (see _SpinBudget): on a busy machine the poll holds the core
         the peer needs."""
-        standby = self._standby
         budget = self._spin.next_wait()
-        if not budget or standby is None:
+        if not budget or self._standby is None:
             return
-        clock = time.monotonic
-        end = clock() + budget
-        if deadline is not None:
-            end = min(end, deadline)
+        end = time.monotonic() + budget
+        self._spin_until(end if deadline is None else min(end, deadline))
+
+    def _spin_until(self, end: float) -> bool:
+        """Poll until the peer's bytes are there (True) or the clock passes ``end``; tell the budget which."""
+        standby, clock = self._standby, time.monotonic
+        assert standby is not None
         while not standby.readable():
             if clock() >= end:
                 self._spin.miss()
-                return
+                return False
         self._spin.hit()
+        return True
 
     def _set_read_bound(self, seconds: float) -> None:
         """Set the socket's receive timeout (math.inf: none); a no-op on an os.pipe."""
@@ -1059,13 +1058,19 @@ class Endpoint:
                 return kept
 
     def _run_read_calls(self, calls: list[Call], frames: _FrameReader) -> bool:
-        """Run the calls the reader read; True if this thread still reads after."""
+        """Run the calls the reader read; True if this thread still reads after.
+
+        Several at once run here as a batch if a pool thread is free to watch it (see _run_read_batch);
+        otherwise all but the last start in the pool, as one at a time would."""
         if len(calls) > 1 and self._standby is not None:
-            return self._run_read_batch(calls, frames)
+            batch = _Batch(calls, threading.get_ident())
+            with contextlib.suppress(RuntimeError):  # pool shut down: we are closing
+                if self._pool.try_submit(self._rescue, batch):
+                    return self._run_read_batch(batch)
         self._start_calls(calls[:-1])
         return self._run_read_call(calls[-1], frames)
 
-    def _run_read_batch(self, calls: list[Call], frames: _FrameReader) -> bool:
+    def _run_read_batch(self, batch: _Batch) -> bool:
         """Run calls read together on the reader's thread, one after another, their replies held to go out in
         one write (see _hold); True if this thread still reads after.
 
@@ -1074,17 +1079,9 @@ class Endpoint:
         arrives meanwhile waits to be read as one batch. Should a call be slow, the pool thread watching the
         batch (see _rescue) steps in after _RESCUE_AFTER: the replies held go out, the calls not yet run start
         in the pool and the standby reads the channel again. So nothing waits on a slow call for longer than
-        that; with no pool thread free to watch, the calls start in the pool as one at a time would."""
+        that."""
         standby = self._standby
         assert standby is not None
-        batch = _Batch(calls, threading.get_ident())
-        try:
-            watched = self._pool.try_submit(self._rescue, batch)
-        except RuntimeError:  # pool shut down: we are closing
-            watched = False
-        if not watched:
-            self._start_calls(calls[:-1])
-            return self._run_read_call(calls[-1], frames)
         me = threading.current_thread()
         self._reading = None
         with self._outbox_lock:
