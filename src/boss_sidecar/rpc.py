@@ -30,11 +30,10 @@ take at once is written by a short-lived writer thread, bounded by the send time
 
 A reader about to sleep waiting for the peer's next message first polls for it for ``busy_wait``
 seconds (100 microseconds by default) when it waits alone: the lone sync caller, the lone async
-caller on its loop thread (then the standby for it), the worker's reader after a request that came
-by itself. On virtual machines a sleeping thread wakes tens of microseconds late, longer than a
-reply takes to come. After a poll that found nothing the next waits sleep at once, more of them
-after each further miss (see ``_spin``): on a machine whose cores are all busy, polling holds the
-core the peer needs.
+caller on its loop thread, the worker's reader after a request that came by itself. On virtual
+machines a sleeping thread wakes tens of microseconds late, longer than a reply takes to come.
+After a poll that found nothing the next waits sleep at once, more of them after each further miss
+(see ``_spin``): on a machine whose cores are all busy, polling holds the core the peer needs.
 """
 
 from __future__ import annotations
@@ -981,8 +980,6 @@ class Endpoint:
         self._reading = threading.current_thread()
         interrupt = None
         while interrupt is None:
-            if self._awaited == 1 and len(self._pending) == 1:  # the one async caller awaits its reply
-                self._await_data()
             try:
                 interrupt = self._route(self._read_batch(frames))
             except BlockingIOError:  # nothing came within the read's bound
