@@ -10,11 +10,14 @@ are measured in turns, round after round, so a machine that speeds up or slows d
   ``recv`` of the very dict an Endpoint call sends, ``Endpoint.call`` and ``Endpoint.acall``;
 - pipelined: many requests in flight, calls/s (median over rounds): raw (one thread keeps the
   window full: the best a bare pipe does), Endpoint with that many threads, and with that many
-  asyncio tasks;
+  asyncio tasks; and, on the bare pipe, the simplest client with that many threads (a lock per
+  call, one reader thread) and with that many tasks (a future per call, the loop reads): what
+  threads or tasks cost by themselves, before any endpoint;
 - busy machine: the round trips again (raw and ``Endpoint.call``) while as many processes as there
   are cores but one spin, so the peers and the spinners want more cores than there are: what
   ``busy_wait`` costs where polling holds the core the peer needs (it backs off after misses);
-- ratios endpoint/raw (throughput ratios are medians of the per-round ratios).
+- ratios endpoint/raw, and endpoint/simplest client with the same threads or tasks (throughput
+  ratios are medians of the per-round ratios).
 
 Goals: round trip p50 ratio <= 1.5; throughput ratio >= 0.5.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import multiprocessing
 import os
 import statistics
@@ -125,28 +129,113 @@ def _raw_rate(connection: Connection, calls: int, in_flight: int) -> float:
     return calls / (time.perf_counter() - start)
 
 
+def _raw_thread_rate(connection: Connection, calls: int, in_flight: int) -> float:
+    """The simplest client with ``in_flight`` threads on the bare pipe: a lock per call, one reader
+    thread. It does no more than any client with a thread per call must, so it shows what the
+    threads themselves cost."""
+    waiting: dict[int, threading.Lock] = {}
+    send_lock = threading.Lock()
+    message = _raw_message()
+    ids = itertools.count()
+
+    def reader() -> None:
+        for _ in range(calls):
+            if not connection.poll(_BOUND):
+                raise TimeoutError(f"the raw child sent no reply within {_BOUND:g}s")
+            waiting.pop(connection.recv()["id"]).release()
+
+    def call() -> None:
+        answered = threading.Lock()
+        answered.acquire()
+        request = dict(message, id=next(ids))
+        waiting[request["id"]] = answered
+        with send_lock:
+            connection.send(request)
+        if not answered.acquire(timeout=_BOUND):
+            raise TimeoutError(f"no reply within {_BOUND:g}s")
+
+    return _rate_of_threads(calls, _shares(calls, in_flight), call, reader)
+
+
+def _raw_task_rate(loop: asyncio.AbstractEventLoop, connection: Connection, calls: int, in_flight: int) -> float:
+    """The simplest client with ``in_flight`` asyncio tasks on the bare pipe: a future per call, the
+    loop itself reading the pipe. It shows what asyncio itself costs per call."""
+    waiting: dict[int, asyncio.Future[Any]] = {}
+    message = _raw_message()
+    ids = itertools.count()
+
+    def readable() -> None:
+        while connection.poll():
+            reply = connection.recv()
+            waiting.pop(reply["id"]).set_result(reply)
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            request = dict(message, id=next(ids))
+            waiting[request["id"]] = answered = loop.create_future()
+            connection.send(request)
+            await asyncio.wait_for(answered, _BOUND)
+
+    async def run() -> float:
+        loop.add_reader(connection.fileno(), readable)
+        try:
+            start = time.perf_counter()
+            await asyncio.gather(*(worker(count) for count in _shares(calls, in_flight)))
+            return calls / (time.perf_counter() - start)
+        finally:
+            loop.remove_reader(connection.fileno())
+
+    return loop.run_until_complete(run())
+
+
 def _shares(calls: int, parts: int) -> list[int]:
     share, extra = divmod(calls, parts)
     return [share + (1 if index < extra else 0) for index in range(parts)]
 
 
 def _thread_rate(endpoint: Endpoint, calls: int, in_flight: int) -> float:
-    counts = _shares(calls, in_flight)
-    ready = threading.Barrier(in_flight + 1, timeout=_BOUND)
+    return _rate_of_threads(calls, _shares(calls, in_flight), lambda: endpoint.call("noop"))
 
-    def worker(count: int) -> None:
-        ready.wait()
-        for _ in range(count):
-            endpoint.call("noop")
 
-    threads = [threading.Thread(target=worker, args=(count,)) for count in counts]
-    for thread in threads:
+def _rate_of_threads(
+    calls: int, counts: list[int], call: Callable[[], None], reader: Callable[[], None] | None = None
+) -> float:
+    """Calls/s of one thread per item of ``counts``, each making that many ``call()``s, timed from when
+    all are ready to when all are done; ``reader``, if given, runs in a thread of its own alongside.
+    A thread that fails or outlasts the bound fails the measurement."""
+    ready = threading.Barrier(len(counts) + 1, timeout=_BOUND)
+    failures: list[BaseException] = []
+
+    def run(count: int) -> None:
+        try:
+            ready.wait()
+            for _ in range(count):
+                call()
+        except BaseException as exc:
+            failures.append(exc)
+
+    def read() -> None:
+        try:
+            if reader is not None:
+                reader()
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(count,), daemon=True) for count in counts]
+    helper = threading.Thread(target=read, daemon=True)
+    for thread in [helper, *threads]:
         thread.start()
     ready.wait()
     start = time.perf_counter()
     for thread in threads:
         thread.join(_BOUND)
-    return calls / (time.perf_counter() - start)
+    rate = calls / (time.perf_counter() - start)
+    helper.join(_BOUND)
+    if failures:
+        raise RuntimeError(f"{len(failures)} benchmark thread(s) failed") from failures[0]
+    if any(thread.is_alive() for thread in [helper, *threads]):
+        raise TimeoutError(f"benchmark threads still running after {_BOUND:g}s")
+    return rate
 
 
 def _task_rate(loop: asyncio.AbstractEventLoop, endpoint: Endpoint, calls: int, in_flight: int) -> float:
@@ -203,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
         options.rounds, options.calls, options.pipelined, options.in_flight = 2, 50, 200, 8
 
     latency: dict[str, list[float]] = {"raw": [], "call": [], "acall": [], "busy raw": [], "busy call": []}
-    rates: dict[str, list[float]] = {"raw": [], "threads": [], "tasks": []}
+    rates: dict[str, list[float]] = {"raw": [], "raw threads": [], "raw tasks": [], "threads": [], "tasks": []}
     loop = asyncio.new_event_loop()
     with _spawned("raw") as raw, _spawned("endpoint") as connection:
         endpoint = Endpoint(connection, name="bench", max_workers=max(32, options.in_flight))
@@ -225,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
                     latency["busy call"] += _timed(options.calls, lambda: endpoint.call("noop"))
             for _ in range(options.rounds):
                 rates["raw"].append(_raw_rate(raw, options.pipelined, options.in_flight))
+                rates["raw threads"].append(_raw_thread_rate(raw, options.pipelined, options.in_flight))
+                rates["raw tasks"].append(_raw_task_rate(loop, raw, options.pipelined, options.in_flight))
                 rates["threads"].append(_thread_rate(endpoint, options.pipelined, options.in_flight))
                 rates["tasks"].append(_task_rate(loop, endpoint, options.pipelined, options.in_flight))
         finally:
@@ -253,13 +344,15 @@ def _report(
     )
     for kind, label in (
         ("raw", "raw pipe (one thread, window full)"),
+        ("raw threads", f"raw pipe, simplest client, {options.in_flight} threads"),
+        ("raw tasks", f"raw pipe, simplest client, {options.in_flight} tasks"),
         ("threads", f"Endpoint.call, {options.in_flight} threads"),
         ("tasks", f"Endpoint.acall, {options.in_flight} tasks"),
     ):
         print(f"  {label:<52}{statistics.median(rates[kind]):>10.0f}")
 
-    def rate_ratio(kind: str) -> float:
-        return statistics.median(mine / raw for mine, raw in zip(rates[kind], rates["raw"], strict=True))
+    def rate_ratio(kind: str, against: str = "raw") -> float:
+        return statistics.median(mine / raw for mine, raw in zip(rates[kind], rates[against], strict=True))
 
     print("ratios endpoint/raw (goals: round trip p50 <= 1.5, throughput >= 0.5)")
     print(f"  ratio round trip p50 call:  {figures['call'][0] / figures['raw'][0]:.2f}")
@@ -267,6 +360,9 @@ def _report(
     print(f"  ratio throughput threads:   {rate_ratio('threads'):.2f}")
     print(f"  ratio throughput tasks:     {rate_ratio('tasks'):.2f}")
     print(f"  ratio busy machine p50 call: {figures['busy call'][0] / figures['busy raw'][0]:.2f}  (no goal)")
+    print("ratios endpoint/simplest client on the raw pipe, same threads or tasks (no goal)")
+    print(f"  ratio threads/simplest:      {rate_ratio('threads', 'raw threads'):.2f}")
+    print(f"  ratio tasks/simplest:        {rate_ratio('tasks', 'raw tasks'):.2f}")
 
 
 if __name__ == "__main__":
