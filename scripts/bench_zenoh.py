@@ -12,6 +12,10 @@ One run, side by side (each side talks to a peer process of its own, a plain zen
   sessions (two sidecars, or two in-process sessions), congestion control "block";
 - restart: kill -9 of the worker to the first served call, against a cold start: ``start()`` to
   the first served call (each with one subscription to declare), the median of ``--repeat``.
+- delivery 64 KiB through a bare relay (no goal): a child process whose zenoh callback writes
+  each payload to a socket, this process copying it out and calling the callback on its reading
+  thread. The least a design that keeps zenoh in another process can do per sample: what the
+  process boundary itself costs large samples on this machine.
 
 Each rate is the best of ``--rounds`` rounds, on both sides alike.
 
@@ -29,6 +33,7 @@ import logging
 import os
 import queue
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +44,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from boss_sidecar._framing import _after, _ChannelEnded, _FrameReader, _header
 from boss_sidecar.errors import SidecarCrashed
 from boss_sidecar.sidecar import Sidecar
 from boss_sidecar.testing import free_port, peer_config
@@ -46,7 +52,8 @@ from boss_sidecar.testing import free_port, peer_config
 SMALL, LARGE = 64, 64 * 1024
 BOUND = 60.0
 """No wait in here is longer than this."""
-PUT_KEY, DELIVER_KEY, E2E_KEY, PROBE_KEY = "bench/put/data", "bench/deliver", "bench/e2e", "bench/probe"
+PUT_KEY, PUT_PROBE_KEY = "bench/put/data", "bench/put/probe"
+DELIVER_KEY, E2E_KEY, PROBE_KEY = "bench/deliver", "bench/e2e", "bench/probe"
 
 
 class Api(Protocol):
@@ -73,6 +80,84 @@ class SidecarApi:
 
     def close(self) -> None:
         self.sidecar.stop()
+
+
+class RelayApi:
+    """Samples from a bare relay (``--role relay``): the simplest way to keep zenoh in another process.
+
+    The relay's zenoh callbacks write each sample's payload, behind a one-byte subscription tag, to a
+    socket; a thread here reads it and calls the callback with the payload's bytes."""
+
+    KEYS = (DELIVER_KEY, PROBE_KEY)
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        ours, theirs = socket.socketpair()
+        self._socket = ours
+        self._callbacks: dict[int, Callable[[Any], None]] = {}
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--role", "relay", "--fd", str(theirs.fileno()), "--config", json.dumps(config)],
+            pass_fds=[theirs.fileno()],
+        )
+        theirs.close()
+        self._reader = threading.Thread(target=self._read, name="relay-reader", daemon=True)
+        self._reader.start()
+
+    def put(self, key: str, payload: bytes, block: bool = False) -> None:
+        raise NotImplementedError("the relay only delivers")
+
+    def flush(self) -> None:
+        """Nothing is ever queued here."""
+
+    def subscribe(self, key: str, callback: Callable[[Any], None]) -> None:
+        self._callbacks[self.KEYS.index(key)] = callback
+
+    def _read(self) -> None:
+        frames = _FrameReader(self._socket.fileno(), limit=1 << 30)
+        try:
+            while True:
+                for frame in frames.batch():
+                    assert isinstance(frame, memoryview)
+                    callback = self._callbacks.get(frame[0])
+                    if callback is not None:
+                        callback(bytes(frame[1:]))
+        except (_ChannelEnded, OSError):
+            return
+
+    def close(self) -> None:
+        self._socket.shutdown(socket.SHUT_RDWR)  # the relay sees the end and exits
+        try:
+            self.process.wait(BOUND)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(BOUND)
+        self._reader.join(BOUND)
+        self._socket.close()
+
+
+def relay_role(fd: int, config: dict[str, Any]) -> None:
+    """Subscribe to RelayApi.KEYS; each sample's payload goes to socket ``fd`` as it arrives."""
+    import zenoh
+
+    channel = socket.socket(fileno=fd)
+    session = zenoh.open(zenoh.Config.from_json5(json.dumps(config)))
+    sending = threading.Lock()
+
+    def relay(tag: bytes) -> Callable[[Any], None]:
+        def on_sample(sample: Any) -> None:
+            payload = sample.payload.to_bytes()
+            parts: list[Any] = [_header(len(payload) + 1), tag, payload]
+            with sending:
+                while parts:
+                    parts = _after(parts, channel.sendmsg(parts))
+
+        return on_sample
+
+    subscribers = [session.declare_subscriber(key, relay(bytes([tag]))) for tag, key in enumerate(RelayApi.KEYS)]
+    channel.recv(1)  # blocks until the host shuts the socket down
+    for subscriber in subscribers:
+        subscriber.undeclare()
+    session.close()
+    os._exit(0)  # see peer_role
 
 
 class ZenohApi:
@@ -186,18 +271,25 @@ class Peer:
 
 
 def peer_role(port: int) -> None:
-    """Count what arrives on bench/put/**; publish on request (congestion control block)."""
+    """Count what arrives on PUT_KEY, and apart from it the put probes; publish on request
+    (congestion control block)."""
     import zenoh
 
     session = zenoh.open(zenoh.Config.from_json5(json.dumps(peer_config(port))))
     received: list[None] = []
-    subscriber = session.declare_subscriber("bench/put/**", lambda sample: received.append(None))
+    heard: list[None] = []
+    subscribers = [
+        session.declare_subscriber(PUT_KEY, lambda sample: received.append(None)),
+        session.declare_subscriber(PUT_PROBE_KEY, lambda sample: heard.append(None)),
+    ]
     publisher = session.declare_publisher(DELIVER_KEY, congestion_control=zenoh.CongestionControl.BLOCK)
     print("ready", flush=True)
     for line in sys.stdin:
         command, *words = line.split()
         if command == "count":
             print("count", len(received), flush=True)
+        elif command == "heard":
+            print("heard", len(heard), flush=True)
         elif command == "reset":
             received.clear()
             print("reset", flush=True)
@@ -209,7 +301,8 @@ def peer_role(port: int) -> None:
             for _ in range(int(words[0])):
                 publisher.put(payload)
             print("publish", flush=True)
-    subscriber.undeclare()
+    for subscriber in subscribers:
+        subscriber.undeclare()
     publisher.undeclare()
     session.close()
     os._exit(0)  # a session that had a callback subscriber can hang a normal exit (zenoh-python #434)
@@ -220,9 +313,9 @@ def peer_role(port: int) -> None:
 
 def measure_put(api: Api, peer: Peer, size: int, count: int) -> dict[str, float]:
     def probe() -> bool:
-        api.put("bench/put/probe", b"p")
+        api.put(PUT_PROBE_KEY, b"p")
         api.flush()
-        return peer.count() > 0
+        return int(peer.ask("heard")) > 0
 
     _until(probe, "the peer's subscription to be known")
     payload = b"x" * size
@@ -314,6 +407,20 @@ def measure_all(
     return results
 
 
+def measure_relay(size: int, count: int, rounds: int) -> dict[str, float]:
+    """Delivery through the bare relay (see RelayApi), best of ``rounds``."""
+    peer = Peer()
+    relay = RelayApi(peer_config(connect_ports=(peer.port,)))
+    try:
+        meters = Meter(), Meter()
+        for key, meter in zip(RelayApi.KEYS, meters, strict=True):
+            relay.subscribe(key, meter)
+        return _best(rounds, measure_delivery, relay, peer, size, count, meters)
+    finally:
+        relay.close()
+        peer.close()
+
+
 def baseline_role(small: int, large: int, rounds: int) -> None:
     """In-process zenoh (this subprocess may import it): print the figures as JSON."""
     print(json.dumps(measure_all(lambda config, _name: ZenohApi(config), small, large, rounds)), flush=True)
@@ -373,8 +480,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per rate figure; the best counts (default 3)")
     parser.add_argument("--repeat", type=int, default=5, help="cold starts and restarts to take the median of")
     parser.add_argument("--quick", action="store_true", help="tiny counts, for a smoke test")
-    parser.add_argument("--role", choices=("host", "peer", "baseline"), default="host", help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=("host", "peer", "baseline", "relay"), default="host", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.quick:
         options.small, options.large, options.rounds, options.repeat = 2_000, 100, 1, 1
@@ -384,10 +493,14 @@ def main(argv: list[str] | None = None) -> None:
     if options.role == "baseline":
         baseline_role(options.small, options.large, options.rounds)
         return
+    if options.role == "relay":
+        relay_role(options.fd, json.loads(options.config))
+        return
 
     began = time.perf_counter()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     sidecar = measure_all(SidecarApi, options.small, options.large, options.rounds)
+    relay = measure_relay(LARGE, options.large, options.rounds)
     inprocess = _run_baseline(options.small, options.large, options.rounds)
     restart = measure_restart(options.repeat)
     assert "zenoh" not in sys.modules, "the benchmarking host imported zenoh"
@@ -411,6 +524,9 @@ def main(argv: list[str] | None = None) -> None:
         if goal is not None and ratio < goal:
             missed.append(label)
         print(f"  {label:<24}{ours:>12.0f}{theirs:>12.0f}{ratio:>8.3f}  {verdict}")
+    ours, theirs = relay["rate"], inprocess[f"delivery {LARGE}"]["rate"]
+    print(f"  {'delivery 64 KiB, relay':<24}{ours:>12.0f}{theirs:>12.0f}{ours / theirs:>8.3f}  (no goal: a bare relay)")
+    print(f"  ratio delivery 64 KiB sidecar/relay {sidecar[f'delivery {LARGE}']['rate'] / ours:.3f}")
     for size in (SMALL, LARGE):
         print(
             f"  put {size} B reached the peer: sidecar {sidecar[f'put {size}']['delivered']:.0%}, "
