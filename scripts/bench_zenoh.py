@@ -14,8 +14,8 @@ One run, side by side (each side talks to a peer process of its own, a plain zen
   the first served call (each with one subscription to declare), the median of ``--repeat``.
 - delivery 64 KiB through a bare relay (no goal): a child process whose zenoh callback writes
   each payload to a socket, this process copying it out and calling the callback on its reading
-  thread. The least a design that keeps zenoh in another process can do per sample: what the
-  process boundary itself costs large samples on this machine.
+  thread. About the least a design that keeps zenoh in another process and sends samples through
+  a socket can do: what that boundary itself costs large samples on this machine.
 
 Each rate is the best of ``--rounds`` rounds, on both sides alike.
 
