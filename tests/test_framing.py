@@ -90,3 +90,13 @@ def test_a_negative_length_is_a_corrupt_stream() -> None:
     finally:
         os.close(ours)
         os.close(theirs)
+
+
+def test_the_long_header_of_connection_is_read_and_written() -> None:
+    """Connection frames a message of 2 GiB or more as -1 and an 8-byte length; a BOSS peer may send
+    one, so the reader takes that header (here on small messages, split anywhere) as the short one."""
+    long_framed = [struct.pack("!iQ", -1, len(message)) + message for message in (b"hello", b"", b"x" * 70_000)]
+    stream = b"".join(long_framed) + _header(3) + b"end"
+    assert _read_all(stream, [1, 5, 7, 12, 60_000]) == [b"hello", b"", b"x" * 70_000, b"end"]
+    assert _header(2**31) == struct.pack("!iQ", -1, 2**31)
+    assert _header(2**31 - 1) == struct.pack("!i", 2**31 - 1)
