@@ -88,17 +88,22 @@ class _Standby:
             os.eventfd_write(self._signal, 1)
 
     def _run(self) -> None:
+        """Wait for jobs and, while armed, for data; one wake-up may bring both, and both are acted on.
+
+        The channel is watched one-shot: its readiness, once reported, is not reported again until the
+        next ``arm``. Dropping it because a job's signal came in the same wake-up (a job handed while the
+        last ran, so run already) left data unread with no one to read it."""
         try:
             while True:
-                events = self._epoll.poll()
-                if any(fd == self._signal for fd, _ in events):
+                ready = {fd for fd, _ in self._epoll.poll()}
+                if self._signal in ready:
                     with contextlib.suppress(BlockingIOError):
                         os.eventfd_read(self._signal)
                     if self._stopping:
                         return
                     self._run_jobs()
-                    continue
-                self._guarded(self._on_data)
+                if self._fd in ready:
+                    self._guarded(self._on_data)
         finally:
             self._epoll.close()
             os.close(self._signal)
