@@ -37,3 +37,22 @@ def test_data_that_arrives_with_a_job_signal_is_not_dropped() -> None:
         standby.stop()
         ours.close()
         theirs.close()
+
+
+def test_nothing_is_written_to_the_eventfd_once_the_thread_closed_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread closes its eventfd as it ends; a job or a stop after that must not write to that number,
+    which by then may be another file's (another endpoint's socket: eight bytes in its stream)."""
+    ours, theirs = socket.socketpair()
+    standby = _Standby(ours.fileno(), lambda: None, "test")
+    standby.stop()
+    standby._thread.join(WAIT)
+    assert not standby._thread.is_alive()
+    written: list[int] = []
+    monkeypatch.setattr("os.eventfd_write", lambda fd, value: written.append(fd))
+    try:
+        standby.hand(lambda: None)
+        standby.stop()
+        assert written == []
+    finally:
+        ours.close()
+        theirs.close()

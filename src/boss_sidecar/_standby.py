@@ -41,6 +41,8 @@ class _Standby:
         self._jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._epoll = select.epoll()
         self._signal = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # a job, or stop
+        self._signal_lock = threading.Lock()  # held to write the eventfd and to close it
+        self._signal_open = True
         self._epoll.register(self._signal, select.EPOLLIN)
         self._epoll.register(fd, _DISARMED)
         self._readable = select.poll()
@@ -58,11 +60,11 @@ class _Standby:
             self._epoll.modify(self._fd, _DISARMED)
 
     def hand(self, job: Callable[[], None]) -> None:
-        """Run ``job`` on this thread soon. Nothing here blocks or waits, so an interrupt (a signal
-        in the calling thread) cannot cut the hand-over short once the job is queued."""
+        """Run ``job`` on this thread soon. Nothing here waits (a lock is held around one system call at
+        most), so an interrupt (a signal in the calling thread) has only the moment between queuing the
+        job and signalling it to cut the hand-over short."""
         self._jobs.append(job)
-        with contextlib.suppress(OSError):
-            os.eventfd_write(self._signal, 1)
+        self._wake()
 
     def readable(self, within: float = 0.0) -> bool:
         """Whether something waits to be read now, or does within ``within`` seconds (one system call).
@@ -79,13 +81,25 @@ class _Standby:
         if self._stopping:
             return
         self._stopping = True
-        if os.getpid() != self._owner:
+        if os.getpid() != self._owner:  # no thread here, and the lock may have been held at the fork
             with contextlib.suppress(OSError):
                 self._epoll.close()
                 os.close(self._signal)
             return
-        with contextlib.suppress(OSError):
-            os.eventfd_write(self._signal, 1)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Signal the thread, unless it has ended: its eventfd's number may belong to another file by then
+        (the thread can end between ``stop`` setting the flag and signalling, woken by a job)."""
+        with self._signal_lock, contextlib.suppress(OSError):
+            if self._signal_open:
+                os.eventfd_write(self._signal, 1)
+
+    def _close_signal(self) -> None:
+        with self._signal_lock, contextlib.suppress(OSError):
+            if self._signal_open:
+                self._signal_open = False
+                os.close(self._signal)
 
     def _run(self) -> None:
         """Wait for jobs and, while armed, for data; one wake-up may bring both, and both are acted on.
@@ -106,7 +120,7 @@ class _Standby:
                     self._guarded(self._on_data)
         finally:
             self._epoll.close()
-            os.close(self._signal)
+            self._close_signal()
 
     def _run_jobs(self) -> None:
         while self._jobs:
