@@ -256,6 +256,11 @@ class Endpoint:
     def pending_count(self) -> int:
         return len(self._pending)
 
+    @property
+    def running_count(self) -> int:
+        """Served calls running (or queued) now; a call leaves before its answer is sent."""
+        return len(self._running)
+
     def close(self, reason: str = "endpoint closed") -> None:
         """Close the channel, fail pending calls with SidecarUnavailable; safe to call twice."""
         self._mark_closed(SidecarUnavailable(f"{self.name}: {reason}"))
@@ -1285,30 +1290,32 @@ class Endpoint:
         self._reply_call(message, *self._call_outcome(message))
 
     def _call_outcome(self, message: Call) -> tuple[bool, Any]:
-        """Run a served call: (True, its result) or (False, the exception it raised)."""
+        """Run a served call: (True, its result) or (False, the exception it raised).
+
+        Any exception, ``SystemExit`` and ``KeyboardInterrupt`` included: the caller gets an answer at
+        once (see _aborted) and the thread that ran the call goes on serving."""
         try:
             result = self._lookup_callable(message.method)(*message.args, **message.kwargs)
             if type(result) not in _PLAIN and inspect.isawaitable(result):
                 result = asyncio.run(_awaited(result))
-        except Exception as exc:
-            return False, exc
+        except BaseException as exc:
+            return False, _answerable(exc)
         return True, result
 
     def _reply_call(self, message: Call, returned: bool, outcome: Any) -> None:
-        try:
-            if returned:
-                self._reply_result(message, outcome)
-            else:
-                self._reply_error(message.id, outcome)
-        finally:
-            self._running.pop(message.id, None)
+        """Answer a served call; it leaves the running calls first, so an answered call is never overdue."""
+        self._running.pop(message.id, None)
+        if returned:
+            self._reply_result(message, outcome)
+        else:
+            self._reply_error(message.id, outcome)
 
     def _run_call_on_loop(self, message: Call) -> None:
         try:
             result = self._lookup_callable(message.method)(*message.args, **message.kwargs)
-        except Exception as exc:
+        except BaseException as exc:
             self._running.pop(message.id, None)
-            self._reply_error(message.id, exc)
+            self._reply_error(message.id, _answerable(exc))
             return
         if type(result) in _PLAIN or not inspect.isawaitable(result):
             self._running.pop(message.id, None)
@@ -1320,8 +1327,8 @@ class Endpoint:
             self._running.pop(message.id, None)
             if done.cancelled():
                 self._reply_error(message.id, SidecarUnavailable(f"call {message.method!r} was cancelled"))
-            elif done.exception() is not None:
-                self._reply_error(message.id, done.exception())  # type: ignore[arg-type]
+            elif (error := done.exception()) is not None:
+                self._reply_error(message.id, _answerable(error))
             else:
                 self._reply_result(message, done.result())
 
@@ -1337,7 +1344,8 @@ class Endpoint:
         def work() -> None:
             try:
                 value = self._lookup(message.name)
-            except Exception as exc:
+            except BaseException as exc:
+                exc = _answerable(exc)
                 if self.peer is None:
                     # A peer that never said hello is BOSS: it raises any error reply inside its receive
                     # loop, which kills it, and BOSS itself answers a get it cannot serve with silence.
@@ -1356,7 +1364,8 @@ class Endpoint:
                 if inspect.isroutine(current):
                     raise AttributeError(f"{message.name!r} is a method of {self.name}'s object; it cannot be replaced")
                 setattr(self._target, message.name, message.value)
-            except Exception as exc:
+            except BaseException as exc:
+                exc = _answerable(exc)
                 if message.ack:
                     self._reply_error(message.id, exc)
                 else:
@@ -1371,7 +1380,7 @@ class Endpoint:
         def work() -> None:
             try:
                 self._lookup_callable(message.method)(*message.args, **message.kwargs)
-            except Exception:
+            except BaseException:  # SystemExit and the like too: the reader goes on reading
                 self._log.exception("event handler failed", method=message.method)
 
         self._serve(work)
@@ -1484,6 +1493,19 @@ class _Batch:
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
+
+
+def _answerable(exc: BaseException) -> BaseException:
+    """What the caller gets for what a served request raised: an ``Exception`` as itself; any other
+    ``BaseException`` (``SystemExit``, ``KeyboardInterrupt``, ``GeneratorExit``, ``CancelledError``) as a
+    RemoteError naming it, never as itself, which would end the caller's thread or loop as it ended the call.
+    None of them ends the serving side: what ends a worker is its supervisor's business."""
+    if isinstance(exc, Exception):
+        return exc
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    text = "".join(traceback.format_exception(exc))
+    return RemoteError(name, f"the served call raised {name}({', '.join(map(repr, exc.args))})", text)
 
 
 def _timeval(seconds: float) -> bytes:
