@@ -826,7 +826,7 @@ def test_one_way_sends_to_a_peer_that_stops_reading_stop_at_the_backlog_limit() 
         with pytest.raises(SidecarError):
             for _ in range(1000):
                 endpoint.notify("sink", chunk)
-                most = max(most, endpoint._backlog)
+                most = max(most, endpoint._writer._backlog)
         assert most <= limit + 2 * len(chunk)
     finally:
         endpoint.close()
@@ -884,7 +884,7 @@ def test_endpoint_without_target_refuses_calls(pair: tuple[Endpoint, Endpoint]) 
 def test_remote_timeout_error_is_not_mistaken_for_our_timeout(pair: tuple[Endpoint, Endpoint]) -> None:
     """A TimeoutError raised by the served method arrives as itself, not as CallTimeout."""
     left, right = pair
-    right._target = _RaisesTimeout()
+    right._server._target = _RaisesTimeout()
     with pytest.raises(TimeoutError, match="remote") as caught:
         left.call("wait", timeout=WAIT)
     assert not isinstance(caught.value, CallTimeout)
