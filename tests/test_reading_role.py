@@ -124,7 +124,7 @@ def pair() -> Iterator[tuple[Endpoint, Endpoint, _Served]]:
     """A calling side (defaults) and a serving side that reads as the worker does, on an in-process pipe."""
     served = _Served()
     ours, theirs = Pipe()
-    caller = Endpoint(ours, _Served(), name="caller")
+    caller = Endpoint(ours, _Served(), name="caller", callers_read=True)
     server = Endpoint(theirs, served, name="server", callers_read=False)
     try:
         caller.wait_peer(WAIT)
@@ -241,3 +241,21 @@ def test_the_channel_end_ends_the_role_for_good(
     assert _changes(caplog, "server")[-1][1] == "ended"
     assert server._role.state is R.ENDED
     assert not server._role.take(R.CALLER)
+
+
+def test_an_endpoint_built_with_a_target_and_default_arguments_reads_as_the_serving_side(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``Endpoint(connection, target)`` as a BOSS user builds it: a reader takes the role at start and runs the
+    calls it reads (no flag needed); without a target the endpoint reads as the calling side."""
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    ours, theirs = Pipe()
+    server = Endpoint(theirs, _Served(), name="plain-server")
+    client = Endpoint(ours, name="plain-client")
+    try:
+        assert client.call("echo", 3, timeout=WAIT) == 3
+    finally:
+        client.close()
+        server.close()
+    assert _changes(caplog, "plain-server")[0] == ("handed", "reader")
+    assert _changes(caplog, "plain-client")[0] == ("handed", "free")

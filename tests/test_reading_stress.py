@@ -128,10 +128,13 @@ def _plan(
     return [rng.choice(kinds)(index) for index in range(ACTIONS)]
 
 
-@pytest.mark.parametrize("worker_reads", ["as-worker", "defaults"])
+READS = {"as-sidecar": (True, False), "defaults": (None, None), "callers-read-both": (True, True)}
+
+
+@pytest.mark.parametrize("reads", sorted(READS))
 @pytest.mark.parametrize("seed", SEEDS)
 def test_seeded_interleaving_ends_every_call_and_nobody_reads_twice(
-    monkeypatch: pytest.MonkeyPatch, loop: asyncio.AbstractEventLoop, seed: int, worker_reads: str
+    monkeypatch: pytest.MonkeyPatch, loop: asyncio.AbstractEventLoop, seed: int, reads: str
 ) -> None:
     """Four threads work through a seeded plan of calls, events and slow calls, both ways, while one end is
     closed after a seeded number of actions: each action ends, with its own result before the close and its own
@@ -140,9 +143,9 @@ def test_seeded_interleaving_ends_every_call_and_nobody_reads_twice(
     watch = _ReadWatch(monkeypatch)
     host_work, worker_work = _Work(), _Work()
     ours, theirs = Pipe()
-    options = {"callers_read": False} if worker_reads == "as-worker" else {}
-    worker = Endpoint(theirs, worker_work, name="worker", **options)  # type: ignore[arg-type]
-    host = Endpoint(ours, host_work, name="host")
+    host_reads, worker_reads = READS[reads]  # callers_read of each end: as the sidecar's, defaults, or both True
+    worker = Endpoint(theirs, worker_work, name="worker", callers_read=worker_reads)
+    host = Endpoint(ours, host_work, name="host", callers_read=host_reads)
     worker_work.peer = worker  # the worker's served ask_back calls back into the host
     for endpoint in (host, worker):
         watch.add(endpoint)

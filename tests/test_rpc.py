@@ -79,7 +79,8 @@ class Child:
 def _child(*peer_args: str, **options: Any) -> Iterator[Child]:
     with spawned("echo_peer.py", *peer_args) as (connection, process):
         target = ParentTarget()
-        endpoint = Endpoint(connection, target, name="parent", **options)
+        # The parent mostly calls, as the host does: its callers read their own replies.
+        endpoint = Endpoint(connection, target, name="parent", **{"callers_read": True, **options})
         try:
             endpoint.wait_peer(WAIT)
             yield Child(endpoint, process, target)
@@ -598,7 +599,7 @@ def raw_peer() -> Iterator[tuple[Connection, Endpoint]]:
 def pair() -> Iterator[tuple[Endpoint, Endpoint]]:
     """Two endpoints on the two ends of one in-process pipe."""
     left_end, right_end = Pipe()
-    left = Endpoint(left_end, Served(), name="left")
+    left = Endpoint(left_end, Served(), name="left", callers_read=True)  # calls, as the host does
     right = Endpoint(right_end, Served(), name="right")
     try:
         yield left, right

@@ -94,7 +94,9 @@ class Endpoint:
     method name (a dispatcher such as the worker's ``call_object``); None falls back to that.
     ``callers_read`` suits the side that mostly calls: a sync caller reads its own reply. Work for the peer
     never runs on a caller's thread (it may hold locks that work needs). False suits the side that mostly
-    serves: a reader runs each call it reads. Without epoll (not Linux) a reader always waits on the channel.
+    serves: a reader runs each call it reads. None (the default) chooses by ``target``: an endpoint that
+    serves an object reads as the serving side, one that serves nothing as the calling side; so both ends
+    built with default arguments are fast. Without epoll (not Linux) a reader always waits on the channel.
     """
 
     def __init__(
@@ -114,7 +116,7 @@ class Endpoint:
         overdue_grace: float = 2.0,
         describe: Callable[[Call], str | None] | None = None,
         max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
-        callers_read: bool = True,
+        callers_read: bool | None = None,
         busy_wait: float = DEFAULT_BUSY_WAIT,
         start: bool = True,
     ) -> None:
@@ -160,6 +162,8 @@ class Endpoint:
             max_bytes=max_message_bytes,
         )
         inbound = _Inbound(self, self._requests, self._server, max_message_bytes)
+        if callers_read is None:
+            callers_read = target is None
         strategy = _CallerReading if callers_read and _Standby.SUPPORTED else _ServerReading
         self._reading: _Reading = strategy(
             self,
