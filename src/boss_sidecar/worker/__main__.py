@@ -25,6 +25,7 @@ import structlog
 
 from boss_sidecar.rpc import DEFAULT_BUSY_WAIT, Endpoint
 from boss_sidecar.worker.service import WorkerService
+from boss_sidecar.worker_api import EventKind
 
 PR_SET_PDEATHSIG = 1
 PARENT_DEATH_SIGNAL = signal.SIGUSR2
@@ -52,7 +53,7 @@ class _LogForwarder:
         record = {key: _plain(value) for key, value in event_dict.items()}
         record.setdefault("level", method)
         record.update(self._stamp)  # stamped here: a late record must not borrow the next worker's pid
-        self._service._push("logs", record)
+        self._service._push(EventKind.LOGS, record)
         raise structlog.DropEvent
 
 
