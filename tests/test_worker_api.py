@@ -7,12 +7,13 @@ from __future__ import annotations
 import ast
 import importlib.util
 import inspect
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from boss_sidecar import worker_api
-from boss_sidecar.sidecar import _HostServices
+from boss_sidecar.sidecar import Sidecar, _HostServices
 from boss_sidecar.worker_api import DECLARE, EventKind, HostApi, HostOp, Op, WorkerApi, names
 
 SENDERS = {"request", "arequest", "call", "acall", "_call", "notify", "_Request", "_push", "push", "push_many"}
@@ -86,3 +87,14 @@ def test_the_declaration_is_host_safe() -> None:
         for alias in node.names
     } | {node.module for node in ast.walk(_tree("boss_sidecar.worker_api")) if isinstance(node, ast.ImportFrom)}
     assert not any(name and name.split(".")[0] == "zenoh" for name in imported)
+
+
+def test_a_hosted_call_is_dispatched_once_straight_to_the_hosted_method(make_sidecar: Callable[..., Sidecar]) -> None:
+    """In a real worker the endpoint runs the hosted object's method itself, looked up once: its traceback goes
+    from the endpoint to the method, through no ``call_object`` dispatcher."""
+    hosted = make_sidecar("dispatch").host("peers.raising_objects:Raiser")
+    with pytest.raises(ValueError, match="the instrument refused") as raised:
+        hosted.fail()
+    remote = "\n".join(raised.value.__notes__)
+    assert "in fail" in remote
+    assert "call_object" not in remote

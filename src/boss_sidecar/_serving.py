@@ -48,6 +48,7 @@ class _Server:
         loop: asyncio.AbstractEventLoop | None,
         on_stop: Callable[[str], None] | None,
         describe: Callable[[Call], str | None] | None,
+        dispatch: Callable[[Call], Callable[[], Any] | None] | None,
         overdue_grace: float,
         max_bytes: int,
     ) -> None:
@@ -60,6 +61,7 @@ class _Server:
         self._loop = loop
         self._on_stop = on_stop
         self._describe_call = describe
+        self._dispatch = dispatch
         self._overdue_grace = overdue_grace
         self._max_bytes = max_bytes
         self.running: dict[int, tuple[Call, float]] = {}  # served calls and when they arrived
@@ -189,7 +191,7 @@ class _Server:
         Any exception, ``SystemExit`` and ``KeyboardInterrupt`` included: the caller gets an answer at
         once (see _answerable) and the thread that ran the call goes on serving."""
         try:
-            result = self._lookup_callable(message.method)(*message.args, **message.kwargs)
+            result = self._invoke(message)
             if type(result) not in _PLAIN and inspect.isawaitable(result):
                 result = asyncio.run(_awaited(result))
         except BaseException as exc:
@@ -206,7 +208,7 @@ class _Server:
 
     def _run_call_on_loop(self, message: Call) -> None:
         try:
-            result = self._lookup_callable(message.method)(*message.args, **message.kwargs)
+            result = self._invoke(message)
         except BaseException as exc:
             self.running.pop(message.id, None)
             self.reply_error(message.id, _answerable(exc))
@@ -227,6 +229,14 @@ class _Server:
                 self.reply_result(message, done.result())
 
         task.add_done_callback(finished)
+
+    def _invoke(self, message: Call) -> Any:
+        """Run a served call's method: what ``dispatch`` resolves it to, else the target's method of its name."""
+        if self._dispatch is not None:
+            bound = self._dispatch(message)
+            if bound is not None:
+                return bound()
+        return self._lookup_callable(message.method)(*message.args, **message.kwargs)
 
     def _lookup(self, name: str) -> Any:
         if self._target is None:

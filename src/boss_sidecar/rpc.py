@@ -91,7 +91,9 @@ class Endpoint:
     otherwise calls run in a thread pool and attribute access and events on the reader thread.
     ``on_stop`` handles the peer's stop request; ``on_close`` runs once when the channel ends.
     ``describe`` names a served call in overdue reports and result errors when the target knows better than its
-    method name (a dispatcher such as the worker's ``call_object``); None falls back to that.
+    method name (a dispatcher such as the worker's ``call_object``); None falls back to that. ``dispatch``
+    resolves a served call to what runs it, or None to look its method up on ``target`` (the worker resolves a
+    call to a hosted object straight to the object's method, so the call is dispatched once).
     ``callers_read`` suits the side that mostly calls: a sync caller reads its own reply. Work for the peer
     never runs on a caller's thread (it may hold locks that work needs). False suits the side that mostly
     serves: a reader runs each call it reads. None (the default) chooses by ``target``: an endpoint that
@@ -115,6 +117,7 @@ class Endpoint:
         send_timeout: float = DEFAULT_SEND_TIMEOUT,
         overdue_grace: float = 2.0,
         describe: Callable[[Call], str | None] | None = None,
+        dispatch: Callable[[Call], Callable[[], Any] | None] | None = None,
         max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
         callers_read: bool | None = None,
         busy_wait: float = DEFAULT_BUSY_WAIT,
@@ -158,6 +161,7 @@ class Endpoint:
             loop=loop,
             on_stop=on_stop,
             describe=describe,
+            dispatch=dispatch,
             overdue_grace=overdue_grace,
             max_bytes=max_message_bytes,
         )

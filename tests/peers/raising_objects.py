@@ -19,6 +19,9 @@ class Raiser:
     def generator_exit(self) -> None:
         raise GeneratorExit
 
+    def fail(self) -> None:
+        raise ValueError("the instrument refused")
+
     def worker_pid(self) -> int:
         return os.getpid()
 

@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         on_stop=lambda why: _bounded(lambda: service.stop(why), args.stop_bound),
         on_close=lambda _error: done.set(),
         describe=service._describe_call,
+        dispatch=service._dispatch,
         callers_read=False,  # the worker mostly serves: its reader runs each call it reads
         busy_wait=args.busy_wait,
         start=False,
