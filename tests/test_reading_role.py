@@ -64,7 +64,7 @@ def test_each_allowed_transition_changes_the_state_and_is_logged_at_debug(
     assert (role.thread is threading.current_thread()) is (new in READERS)
     [record] = [record for record in caplog.records if record.name == LOGGER]
     assert record.levelno == logging.DEBUG
-    assert (record.old, record.new) == (str(old), str(new))  # type: ignore[attr-defined]
+    assert (getattr(record, "old", None), getattr(record, "new", None)) == (str(old), str(new))
     assert f"{old} -> {new}" in record.getMessage()
 
 
@@ -138,9 +138,9 @@ def pair() -> Iterator[tuple[Endpoint, Endpoint, _Served]]:
 
 def _changes(caplog: pytest.LogCaptureFixture, endpoint: str) -> list[tuple[str, str]]:
     return [
-        (record.old, record.new)  # type: ignore[attr-defined]
+        (getattr(record, "old", ""), getattr(record, "new", ""))  # fields the role logs as ``extra``
         for record in caplog.records
-        if record.name == LOGGER and record.endpoint == endpoint  # type: ignore[attr-defined]
+        if record.name == LOGGER and getattr(record, "endpoint", None) == endpoint
     ]
 
 
@@ -164,9 +164,10 @@ def test_an_event_no_caller_waits_for_is_read_by_the_standby(
     """What arrives while no caller reads wakes the standby, which takes the role, reads and sets it down."""
     caller, server, _served = pair
     target = caller._server._target
+    assert isinstance(target, _Served)
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     server.notify("note", "hello")
-    assert target.seen.wait(WAIT)  # type: ignore[attr-defined]
+    assert target.seen.wait(WAIT)
     caller.call("echo", 0, timeout=WAIT)  # the standby set the role down before the caller could take it
     changes = _changes(caplog, "caller")
     assert changes[:2] == [("free", "standby"), ("standby", "free")]
@@ -179,6 +180,7 @@ def test_work_a_caller_reads_goes_with_the_role_to_the_standby(
     it off the caller's thread and sets the role down."""
     caller, server, _served = pair
     target = caller._server._target
+    assert isinstance(target, _Served)
     caplog.set_level(logging.DEBUG, logger=LOGGER)
 
     class Chatty:
@@ -188,7 +190,7 @@ def test_work_a_caller_reads_goes_with_the_role_to_the_standby(
 
     server._server._target = Chatty()
     assert caller.call("echo_after_event", 5, timeout=WAIT) == 5
-    assert target.seen.wait(WAIT)  # type: ignore[attr-defined]
+    assert target.seen.wait(WAIT)
     changes = _changes(caplog, "caller")
     assert ("caller", "handed") in changes or ("free", "standby") in changes  # the event may come alone first
     if ("caller", "handed") in changes:

@@ -115,11 +115,15 @@ def _plan(
 
         return run
 
+    def sent(endpoint: Endpoint, value: int) -> bool:
+        endpoint.notify("note", value)
+        return True
+
     def event_to_host(value: int) -> Callable[[], Any]:
-        return lambda: worker.notify("note", value) or True
+        return lambda: sent(worker, value)
 
     def event_to_worker(value: int) -> Callable[[], Any]:
-        return lambda: host.notify("note", value) or True
+        return lambda: sent(host, value)
 
     def ping(_value: int) -> Callable[[], Any]:
         return lambda: host.ping(timeout=WAIT) >= 0

@@ -50,8 +50,7 @@ RAISED = [
 def pair(request: pytest.FixtureRequest) -> Iterator[tuple[Endpoint, Endpoint]]:
     """A caller and a server on an in-process pipe; the server reads as the worker does, or with defaults."""
     ours, theirs = Pipe()
-    options = {} if request.param else {"callers_read": False}
-    server = Endpoint(theirs, Vendor(), name="server", **options)  # type: ignore[arg-type]
+    server = Endpoint(theirs, Vendor(), name="server", callers_read=None if request.param else False)
     caller = Endpoint(ours, name="caller")
     try:
         yield caller, server
