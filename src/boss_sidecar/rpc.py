@@ -55,8 +55,6 @@ from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
 from typing import Any
 
-import structlog
-
 from boss_sidecar._framing import _after, _ChannelEnded, _FrameReader, _header, _Oversized
 from boss_sidecar._pending import _Deadlines, _deliver, _describe, _Expired, _Pending
 from boss_sidecar._pickling import _dump_parts, _dumps, _which_unpicklable, portable_error
@@ -74,6 +72,7 @@ from boss_sidecar.errors import (
     SidecarError,
     SidecarUnavailable,
 )
+from boss_sidecar.logs import get_logger
 from boss_sidecar.protocol import (
     PROTOCOL_VERSION,
     REQUEST_TYPES,
@@ -102,7 +101,7 @@ DEFAULT_MAX_BACKLOG_BYTES = 64 * 1024 * 1024
 DEFAULT_BUSY_WAIT = 100e-6
 MAX_BUSY_WAIT = 0.01  # longer polling only burns CPU: a wake from sleep costs far less than this
 
-_log = structlog.get_logger("boss_sidecar.rpc")
+_log = get_logger("boss_sidecar.rpc")
 
 _PARTS_PER_WRITE = 512  # buffers per sendmsg/writev call (IOV_MAX is 1024 on Linux)
 _SEND_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)

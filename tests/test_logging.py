@@ -1,0 +1,77 @@
+"""boss-sidecar as a guest in a host process: quiet unless the host configures logging, and then
+every record through ``logging`` with its fields, worker records included. Real host processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from boss_sidecar.logs import get_logger
+from peers.sidecar_support import run_program
+
+
+def test_a_host_that_configures_no_logging_sees_nothing_on_stdout_or_stderr() -> None:
+    """Start, host, warnings provoked in host and worker, stop: not one byte on stdout or stderr."""
+    done = run_program("logging_host.py", "none")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_a_hosts_own_structlog_configuration_is_left_untouched() -> None:
+    """A host that configured structlog for itself gets its own line only, its configuration unchanged."""
+    done = run_program("logging_host.py", "structlog")
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout.splitlines(), done.stderr) == (['{"event": "host line"}'], "")
+
+
+def test_a_host_with_basic_config_receives_every_record_with_its_fields() -> None:
+    """``logging.basicConfig(level=INFO)``: records of host and worker arrive under ``boss_sidecar``
+    with sidecar, worker_pid and incarnation as attributes, and read well as plain lines."""
+    done = run_program("logging_host.py", "basic")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    pid, records = answer["pid"], answer["records"]
+    by_event = {record["event"]: record for record in records}
+    ready = by_event["worker ready"]
+    assert (ready["logger"], ready["sidecar"], ready["worker_pid"], ready["incarnation"]) == (
+        "boss_sidecar.supervisor",
+        "embedded",
+        pid,
+        1,
+    )
+    opened = by_event["zenoh session open"]  # written in the worker
+    assert (opened["logger"], opened["sidecar"], opened["worker_pid"], opened["incarnation"]) == (
+        "boss_sidecar.worker",
+        "embedded",
+        pid,
+        1,
+    )
+    vendor = by_event["vendor says hello"]  # a library of the worker logging through ``logging``
+    assert (vendor["level"], vendor["origin"], vendor["sidecar"], vendor["worker_pid"]) == (
+        "WARNING",
+        "vendor.driver",
+        "embedded",
+        pid,
+    )
+    assert by_event["hosted object teardown failed"]["level"] == "WARNING"
+    assert by_event["queryable handler raised"]["sidecar"] == "embedded"
+    assert all(record["logger"].startswith("boss_sidecar") for record in records)
+    assert f"INFO:boss_sidecar.supervisor:worker ready sidecar=embedded worker_pid={pid} incarnation=1" in done.stderr
+
+
+def test_fields_that_logging_reserves_stay_in_record_fields(caplog: pytest.LogCaptureFixture) -> None:
+    """A field named like a LogRecord attribute (``name``, ``message``) cannot break the record."""
+    with caplog.at_level(logging.INFO, logger="boss_sidecar"):
+        get_logger("boss_sidecar.test").info("odd fields", name="x", message="y", args=3, sidecar="s")
+    (record,) = caplog.records
+    assert (record.name, record.event, record.sidecar) == ("boss_sidecar.test", "odd fields", "s")  # type: ignore[attr-defined]
+    assert record.fields == {"name": "x", "message": "y", "args": 3, "sidecar": "s"}  # type: ignore[attr-defined]
+    assert record.getMessage() == "odd fields name=x message=y args=3 sidecar=s"
+
+
+def test_library_loggers_are_only_under_boss_sidecar() -> None:
+    """Every logger the library makes is a ``boss_sidecar.*`` one, covered by its NullHandler."""
+    with pytest.raises(ValueError, match="boss_sidecar"):
+        get_logger("heros")
+    assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("boss_sidecar").handlers)
