@@ -1,53 +1,26 @@
 """AsyncSidecar with real workers: every operation awaited, with Sidecar's options and checks;
-callbacks and handlers on the loop; restart replay; timeouts and errors; puts that never block the
-loop; cancelled operations that leave nothing behind."""
+callbacks and handlers on the loop; restart replay; timeouts and errors. (A full put buffer and
+cancelled operations: test_faults_embedding.py.)"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import pytest
 
-from boss_sidecar import (
-    AsyncHostedObject,
-    AsyncSidecar,
-    CallTimeout,
-    Query,
-    QueryReply,
-    Sample,
-    SidecarUnavailable,
-    adrop,
-)
+from boss_sidecar import CallTimeout, Query, QueryReply, Sample, SidecarUnavailable
 from boss_sidecar.testing import free_port, peer_config
 from peers.sidecar_support import BOUND
 
 ECHO = "peers.fault_objects:FaultEcho"
-CENSUS = "peers.sidecar_objects:Census"
 T = TypeVar("T")
 
 
 async def bounded(awaitable: Awaitable[T]) -> T:
     """Every wait in these tests has a bound (a hang fails the test instead of stalling it)."""
     return await asyncio.wait_for(awaitable, BOUND)
-
-
-@pytest.fixture
-async def make_async() -> AsyncIterator[Callable[..., Awaitable[AsyncSidecar]]]:
-    started: list[AsyncSidecar] = []
-
-    async def make(name: str = "async", zenoh: Any = None, **policy: Any) -> AsyncSidecar:
-        sidecar = AsyncSidecar(name, peer_config() if zenoh is None else zenoh, **policy)
-        started.append(sidecar)
-        return await sidecar.start()
-
-    yield make
-    for sidecar in started:
-        await sidecar.stop(timeout=5)
 
 
 async def test_async_for_yields_puts_and_deletes_in_order(make_async: Any) -> None:
@@ -153,67 +126,3 @@ async def test_timeouts_and_errors_arrive_as_with_sidecar(make_async: Any) -> No
     await sidecar.stop()
     with pytest.raises(SidecarUnavailable):
         await sidecar.get("async/q")
-
-
-async def test_a_put_into_a_full_buffer_is_awaited_while_the_loop_runs_on(make_async: Any) -> None:
-    """The worker frozen, puts pile up to ``put_buffer``; the next put waits for room without holding
-    the loop; once the worker runs again it completes and ``flush`` sees every put through."""
-    sidecar = await make_async(put_buffer=4, heartbeat_timeout=60.0, call_timeout=60.0)
-    pid = sidecar.pid
-    assert pid is not None
-    big = b"x" * (8 * 1024 * 1024)  # the channel's 64 MiB backlog fills, then the buffer
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        while sidecar.queued_puts < 4:
-            await bounded(sidecar.put("async/big", big))
-        waiting = asyncio.create_task(sidecar.put("async/big", big))
-        await asyncio.sleep(0)  # one turn of the loop: the put has started
-        await asyncio.sleep(0)
-        assert not waiting.done()  # it waits for room, and the loop still runs this test
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    await bounded(waiting)
-    await bounded(sidecar.flush())
-    assert sidecar.pid == pid
-
-
-async def test_cancelled_operations_leave_nothing_declared_and_no_task_pending(make_async: Any) -> None:
-    """subscribe, queryable, token and host, cancelled at every step of their way: none stays
-    declared or hosted (not even after a restart), no callback fires, no task is left pending."""
-    sidecar = await make_async()
-    fired: list[str] = []
-    this = asyncio.current_task()
-    handles: list[Any] = []
-    operations: list[Callable[[], Awaitable[Any]]] = [
-        lambda: sidecar.subscribe("cancel/k", lambda sample: fired.append(sample.key_expr)),
-        lambda: sidecar.queryable("cancel/k", lambda query: fired.append(query.selector)),
-        lambda: sidecar.liveliness_token("cancel/alive"),
-        lambda: sidecar.host(CENSUS),
-    ]
-    for operation in operations:
-        for turns in range(8):
-            task = asyncio.ensure_future(operation())
-            for _ in range(turns):
-                await asyncio.sleep(0)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                handles.append(await bounded(task))  # it finished before the cancel came
-    for handle in handles:  # what finished is the caller's to close, as always
-        if isinstance(handle, AsyncHostedObject):
-            await adrop(handle)
-        else:
-            await asyncio.to_thread(handle.close)
-    others = [task for task in asyncio.all_tasks() if task is not this]
-    if others:
-        await bounded(asyncio.wait(others))
-    assert [task for task in asyncio.all_tasks() if task is not this] == []
-
-    probe = await sidecar.subscribe("cancel/k")
-    census = await sidecar.host(CENSUS)
-    await sidecar.restart()  # a ledger with leftovers would declare and host them again here
-    assert await census.count() == 1
-    assert await sidecar.liveliness_get("cancel/**", timeout=2) == []
-    await sidecar.put("cancel/k", b"1")
-    assert (await bounded(probe.__aiter__().__anext__())).payload == b"1"
-    assert await sidecar.get("cancel/k", timeout=2) == []
-    assert fired == []

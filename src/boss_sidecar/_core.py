@@ -50,6 +50,7 @@ class Declared(Protocol):
     decl_id: int
     key_expr: str
     delivery: Delivery[Any] | None
+    closed: bool
 
     def declare(self, endpoint: Endpoint, timeout: float | None = None) -> None: ...
 
@@ -125,7 +126,7 @@ class SidecarCore:
         ledger, self.ledger = self.ledger, {}
         self.hosted.clear()
         for declaration in ledger.values():
-            declaration.closed = True  # type: ignore[attr-defined]
+            declaration.closed = True
             if declaration.delivery is not None:
                 declaration.delivery.close()
 
@@ -317,7 +318,10 @@ class _HostServices:
 
     def __init__(self, core: SidecarCore, put_failed: Callable[[list[str]], None]) -> None:
         self._core = core
-        self.put_failed = put_failed
+        self._put_failed = put_failed
+
+    def put_failed(self, errors: list[str]) -> None:
+        self._put_failed(errors)
 
     def samples(self, runs: list[SampleRun]) -> None:
         """Consecutive runs of one declaration go to its delivery as one hand-off: the worker sends
