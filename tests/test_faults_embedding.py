@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -51,7 +52,7 @@ async def test_a_put_into_a_full_buffer_is_awaited_while_the_loop_runs_on(make_a
 
 
 async def test_cancelled_operations_leave_nothing_declared_and_no_task_pending(make_async: Any) -> None:
-    """subscribe, queryable, token and host, cancelled at every step of their way: none stays
+    """subscribe, queryable, token and host, cancelled (once or twice) at every step of their way: none stays
     declared or hosted (not even after a restart), no callback fires, no task is left pending."""
     sidecar = await make_async()
     fired: list[str] = []
@@ -64,11 +65,14 @@ async def test_cancelled_operations_leave_nothing_declared_and_no_task_pending(m
         lambda: sidecar.host(CENSUS),
     ]
     for operation in operations:
-        for turns in range(8):
+        for turns, twice in itertools.product(range(8), (False, True)):
             task = asyncio.ensure_future(operation())
             for _ in range(turns):
                 await asyncio.sleep(0)
             task.cancel()
+            if twice:  # cancelled again while it undoes itself: the undoing goes on
+                await asyncio.sleep(0)
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 handles.append(await bounded(task))  # it finished before the cancel came
     for handle in handles:  # what finished is the caller's to close, as always

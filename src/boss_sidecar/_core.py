@@ -107,6 +107,7 @@ class SidecarCore:
         self.exported: dict[int, object] = {}
         self._zenoh_source = zenoh_source
         self._check_puts = check_puts
+        self._cleanups: set[asyncio.Future[None]] = set()
         self._log = _log.bind(sidecar=name)
         self.supervisor = Supervisor(
             name, policy, target=_HostServices(self, put_failed), prepare=self.prepare, backend=backend
@@ -161,15 +162,18 @@ class SidecarCore:
 
         The request cannot be recalled once sent, and the worker may run it any moment: waiting for
         its answer (bounded by its timeout) is the only way to know there is something to undo.
+        Cancelled again while undoing, the caller leaves at once and the undoing goes on without it.
         """
         task = asyncio.ensure_future(self.arun(request))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             at_once()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await task
-                await undo()
+            cleanup = asyncio.ensure_future(_undo_after(task, undo))
+            self._cleanups.add(cleanup)  # a strong reference until it is done
+            cleanup.add_done_callback(self._cleanups.discard)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(cleanup)
             raise
 
     # ----------------------------------------------------------------- requests
@@ -304,6 +308,16 @@ class SidecarCore:
             number = logging.getLevelName({"warn": "WARNING", "exception": "ERROR"}.get(level, level.upper()))
             fields = {"sidecar": self.name, **record}
             get_logger(name).log(number if isinstance(number, int) else logging.INFO, event, **fields)
+
+
+async def _undo_after(task: asyncio.Future[Any], undo: Callable[[], Awaitable[Any]]) -> None:
+    """Once ``task`` succeeded, ``undo`` it; a request that failed left nothing to undo."""
+    try:
+        await task
+    except Exception:
+        return
+    with contextlib.suppress(Exception):
+        await undo()
 
 
 def _reply_to(key_expr: str, query: Query, payload: Any) -> QueryReply:
