@@ -70,3 +70,13 @@ def test_library_loggers_are_only_under_boss_sidecar() -> None:
     with pytest.raises(ValueError, match="boss_sidecar"):
         get_logger("heros")
     assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("boss_sidecar").handlers)
+
+
+def test_a_worker_traceback_reads_as_lines_after_the_message(caplog: pytest.LogCaptureFixture) -> None:
+    """A traceback that came as text (from the worker) follows the message on lines of its own."""
+    trace = 'Traceback (most recent call last):\n  File "x.py", line 1, in f\nValueError: no'
+    with caplog.at_level(logging.INFO, logger="boss_sidecar"):
+        get_logger("boss_sidecar.worker").error("served work failed", exception=trace, worker_pid=7)
+    (record,) = caplog.records
+    assert record.getMessage() == f"served work failed worker_pid=7\n{trace}"
+    assert record.fields == {"exception": trace, "worker_pid": 7}  # type: ignore[attr-defined]

@@ -45,8 +45,13 @@ def _to_logging(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
     fields = dict(event_dict)
     extra = {key: value for key, value in fields.items() if key not in _RESERVED}
     extra.update(event=event, fields=fields)
-    suffix = " ".join(f"{key}={_text(value)}" for key, value in fields.items())
-    return {"msg": f"{event} {suffix}" if suffix else event, "extra": extra, "exc_info": exc_info}
+    traceback = fields.get("exception")  # a worker's traceback, as text: on lines of its own
+    shown = {key: value for key, value in fields.items() if key != "exception" or not isinstance(value, str)}
+    suffix = " ".join(f"{key}={_text(value)}" for key, value in shown.items())
+    message = f"{event} {suffix}" if suffix else event
+    if isinstance(traceback, str):
+        message = f"{message}\n{traceback.rstrip()}"
+    return {"msg": message, "extra": extra, "exc_info": exc_info}
 
 
 def get_logger(name: str) -> Logger:
