@@ -42,8 +42,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import structlog
-
 from boss_sidecar._framing import _after, _ChannelEnded, _FrameReader, _header
 from boss_sidecar.errors import SidecarCrashed
 from boss_sidecar.sidecar import Sidecar
@@ -498,7 +496,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     began = time.perf_counter()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     sidecar = measure_all(SidecarApi, options.small, options.large, options.rounds)
     relay = measure_relay(LARGE, options.large, options.rounds)
     inprocess = _run_baseline(options.small, options.large, options.rounds)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
+from boss_sidecar.async_sidecar import AsyncSidecar
 from boss_sidecar.sidecar import Sidecar
 from boss_sidecar.testing import free_port, peer_config, wait_until
 from peers.fault_support import live_workers
@@ -49,3 +50,18 @@ def make_sidecar() -> Iterator[Callable[..., Sidecar]]:
     yield make
     for sidecar in started:
         sidecar.stop(timeout=5)
+
+
+@pytest.fixture
+async def make_async() -> AsyncIterator[Callable[..., Awaitable[AsyncSidecar]]]:
+    """Start async sidecars (peer on loopback unless ``zenoh=`` is given); all stopped at teardown."""
+    started: list[AsyncSidecar] = []
+
+    async def make(name: str = "async", zenoh: Any = None, **policy: Any) -> AsyncSidecar:
+        sidecar = AsyncSidecar(name, peer_config() if zenoh is None else zenoh, **policy)
+        started.append(sidecar)
+        return await sidecar.start()
+
+    yield make
+    for sidecar in started:
+        await sidecar.stop(timeout=5)

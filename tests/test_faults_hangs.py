@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from boss_sidecar import CallTimeout, RemoteError, SidecarCrashed
+from boss_sidecar.hosted import _id_of
 from boss_sidecar.samples import Query
 from boss_sidecar.sidecar import Sidecar
 from boss_sidecar.testing import wait_until
@@ -160,7 +161,7 @@ def test_a_call_queued_behind_a_full_worker_fails_at_its_own_timeout(make_sideca
     sidecar, watch = _watched(make_sidecar, call_timeout=1.0)
     echo = sidecar.host(ECHO)
     gate = _Gate()
-    block = ("call_object", (echo._obj_id, "block_forever", (sidecar.expose(gate),), {}))
+    block = ("call_object", (_id_of(echo), "block_forever", (sidecar.expose(gate),), {}))
     endpoint = sidecar._supervisor.endpoint()
     finish = _start_calls(WORKER_THREADS, lambda _: endpoint.request(*block, timeout=BOUND * 3))
     gate.wait(WORKER_THREADS)

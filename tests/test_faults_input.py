@@ -243,12 +243,12 @@ def test_hosting_what_is_not_a_class_names_what_is_missing(serving: Serving, cla
 
 def test_class_raising_in_init_reraises_there_and_is_not_replayed(serving: Serving) -> None:
     """__init__ raises: the same exception in the host with the worker's traceback; nothing is kept."""
-    hosted_before = dict(serving.sidecar._hosted)
+    hosted_before = dict(serving.sidecar.core.hosted)
     with pytest.raises(ValueError, match="refusing to start: no disk") as raised:
         serving.sidecar.host("peers.fault_objects:RaisesInInit", "no disk")
     (note,) = raised.value.__notes__
     assert "remote traceback" in note and "fault_objects.py" in note and "in __init__" in note
-    assert serving.sidecar._hosted == hosted_before  # not in the ledger: a restart will not retry it
+    assert serving.sidecar.core.hosted == hosted_before  # not in the ledger: a restart will not retry it
     serving.assert_still_serving()
 
 
@@ -373,6 +373,7 @@ def test_endless_or_negative_waits_are_refused_in_a_launcher_file_and_by_sidecar
 # ----------------------------------------------------------------- the fault list itself
 FAULT_TEST_FILES = [
     "test_faults_chaos.py",
+    "test_faults_embedding.py",
     "test_faults_hangs.py",
     "test_faults_host_death.py",
     "test_faults_input.py",

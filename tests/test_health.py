@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -11,7 +12,6 @@ from typing import Any
 
 import psutil
 import pytest
-from structlog.testing import capture_logs
 
 from boss_sidecar import CallTimeout, SidecarUnavailable
 from boss_sidecar.health import Health
@@ -93,13 +93,15 @@ def test_health_of_a_never_started_sidecar_is_unhealthy_without_a_process() -> N
     assert health.rss_bytes is None and health.heartbeat_rtt is None
 
 
-def test_sigstopped_worker_is_reported_unhealthy_then_killed_and_restarted(make_sidecar: MakeSidecar) -> None:
+def test_sigstopped_worker_is_reported_unhealthy_then_killed_and_restarted(
+    make_sidecar: MakeSidecar, caplog: pytest.LogCaptureFixture
+) -> None:
     """A frozen worker misses heartbeats: health says so at once, and after the timeout it is replaced."""
     sidecar = make_sidecar(heartbeat_interval=0.1, heartbeat_timeout=3.0)
     wait_until(lambda: sidecar.health().heartbeat_rtt is not None, 10, "first heartbeat")
     frozen = sidecar.pid
     assert frozen is not None
-    with capture_logs() as logs:
+    with caplog.at_level(logging.INFO, logger="boss_sidecar"):
         os.kill(frozen, signal.SIGSTOP)
         try:
             overdue = wait_until(lambda: not (h := sidecar.health()).healthy and h, 10, "unhealthy")
@@ -113,9 +115,9 @@ def test_sigstopped_worker_is_reported_unhealthy_then_killed_and_restarted(make_
     assert health.last_exit is not None
     assert "SIGKILL" in health.last_exit and "hung" in health.last_exit
     assert worker_gone(frozen)
-    killed = [entry for entry in logs if entry["event"] == "killing worker"]
-    assert killed and killed[0]["reason"].startswith("hung: no heartbeat answer")
-    assert killed[0]["worker_pid"] == frozen
+    killed = [record for record in caplog.records if getattr(record, "event", None) == "killing worker"]
+    assert killed and killed[0].reason.startswith("hung: no heartbeat answer")
+    assert killed[0].worker_pid == frozen
 
 
 def test_method_that_never_returns_gets_the_worker_restarted(make_sidecar: MakeSidecar) -> None:

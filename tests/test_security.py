@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from boss_sidecar.control import ControlServer, request
+from boss_sidecar.hosted import _id_of
 from boss_sidecar.sidecar import Sidecar
 from boss_sidecar.testing import free_port, peer_config, wait_until
 from peers.fault_support import BOUND
@@ -71,11 +72,11 @@ def test_hosted_objects_expose_only_their_public_names(make_sidecar: MakeSidecar
     endpoint = sidecar._supervisor.endpoint()
     for name in ["_secret", *UNEXPOSED, "echo.__globals__"]:
         with pytest.raises(AttributeError, match="is not exposed"):
-            endpoint.request("call_object", (echo._obj_id, name, (), {}))
+            endpoint.request("call_object", (_id_of(echo), name, (), {}))
         with pytest.raises(AttributeError, match="is not exposed"):
-            endpoint.request("get_object_attribute", (echo._obj_id, name))
+            endpoint.request("get_object_attribute", (_id_of(echo), name))
         with pytest.raises(AttributeError, match="is not exposed"):
-            endpoint.request("set_object_attribute", (echo._obj_id, name, "stolen"))
+            endpoint.request("set_object_attribute", (_id_of(echo), name, "stolen"))
     assert echo.peek_secret() == "hidden"
     with pytest.raises(AttributeError):
         echo._secret  # noqa: B018  # the proxy refuses it before asking the worker

@@ -4,6 +4,7 @@ the worker alive (restart policy, intensity, hooks) and never leaves one behind.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
 import signal
 import subprocess
@@ -15,7 +16,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-from structlog.testing import capture_logs
 
 from boss_sidecar.errors import ConfigError, SidecarCrashed, SidecarUnavailable
 from boss_sidecar.samples import Sample
@@ -140,18 +140,20 @@ def test_host_that_never_calls_stop_exits_promptly_and_leaves_no_worker() -> Non
 # ----------------------------------------------------------------- stopping
 
 
-def test_stop_of_a_worker_with_callback_declarations_is_polite_and_exits_0(sidecar: Sidecar) -> None:
+def test_stop_of_a_worker_with_callback_declarations_is_polite_and_exits_0(
+    sidecar: Sidecar, caplog: pytest.LogCaptureFixture
+) -> None:
     """zenoh-python #434: a worker with callback subscriber and queryable still stops when asked, exit 0."""
     sidecar.subscribe("polite/k", lambda sample: None)
     sidecar.queryable("polite/q", lambda query: "here")
     sidecar.liveliness_subscribe("polite/alive/**", lambda sample: None)
     assert [reply.text() for reply in sidecar.get("polite/q")] == ["here"]
     pid, created = _identity(sidecar)
-    with capture_logs() as logs:
+    with caplog.at_level(logging.INFO, logger="boss_sidecar"):
         sidecar.stop()
     assert sidecar.health().last_exit == "exited with code 0"
     assert process_gone(pid, created)
-    events = [log["event"] for log in logs]
+    events = [getattr(record, "event", record.getMessage()) for record in caplog.records]
     assert "worker stopped" in events
     assert [event for event in events if "SIGTERM" in event or "SIGKILL" in event] == []
 

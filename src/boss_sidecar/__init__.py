@@ -5,7 +5,7 @@ over a pipe, wire-compatible with BOSS's ``boss.multiprocess``. Importing this p
 imports zenoh.
 """
 
-from boss_sidecar.async_sidecar import AsyncHostedObject, AsyncSidecar, AsyncSubscription
+from boss_sidecar.async_sidecar import AsyncSidecar, AsyncSubscription
 from boss_sidecar.errors import (
     CallTimeout,
     ConfigError,
@@ -19,9 +19,10 @@ from boss_sidecar.errors import (
     ZenohError,
 )
 from boss_sidecar.health import Health
+from boss_sidecar.hosted import AsyncHostedObject, HostedObject, adrop, aset, drop
 from boss_sidecar.policy import SidecarPolicy
 from boss_sidecar.samples import ObjectRef, Query, QueryReply, Reply, Sample
-from boss_sidecar.sidecar import HostedObject, LivelinessToken, Queryable, Sidecar, Subscription
+from boss_sidecar.sidecar import LivelinessToken, Queryable, Sidecar, Subscription
 from boss_sidecar.states import SidecarState, StateChange
 
 __version__ = "0.1.0"
@@ -55,4 +56,7 @@ __all__ = [
     "Subscription",
     "ZenohError",
     "__version__",
+    "adrop",
+    "aset",
+    "drop",
 ]

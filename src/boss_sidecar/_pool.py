@@ -11,9 +11,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import structlog
+from boss_sidecar.logs import get_logger
 
-_log = structlog.get_logger("boss_sidecar.rpc")  # its failures are the endpoint's; logged under its name
+_log = get_logger("boss_sidecar.rpc")  # its failures are the endpoint's; logged under its name
 
 
 class _Pool:

@@ -17,9 +17,9 @@ import select
 import threading
 from collections.abc import Callable
 
-import structlog
+from boss_sidecar.logs import get_logger
 
-_log = structlog.get_logger("boss_sidecar.rpc")
+_log = get_logger("boss_sidecar.rpc")
 
 _ARMED = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLONESHOT", 0)
 # Disarmed, a hang-up may still wake it once; the reader being back, nothing happens then.

@@ -1,34 +1,26 @@
 """``AsyncSidecar``: the Sidecar for asyncio code, as thin awaitable wrappers over one core.
 
-Remote operations are the same request builders the sync proxy runs, awaited on the endpoint's
-futures; lifecycle steps that block (spawn, stop escalation) run in a worker thread. Callbacks
+Remote operations are the requests of the core both proxies share (``_core.SidecarCore``), awaited
+on the endpoint's futures; lifecycle steps that block (spawn, stop escalation) and a put that must
+wait for room in the put buffer run in a worker thread. A cancelled operation undoes itself. Callbacks
 and handlers may be coroutine functions; they run on the loop, in order per declaration.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import os
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
+from boss_sidecar._core import SidecarCore, check_key, ids
 from boss_sidecar.delivery import AsyncDelivery
-from boss_sidecar.errors import CallTimeout
+from boss_sidecar.hosted import AsyncHostedObject
 from boss_sidecar.samples import ObjectRef, Query, Reply, Sample
-from boss_sidecar.sidecar import (
-    Declaration,
-    LivelinessToken,
-    Queryable,
-    Sidecar,
-    Subscription,
-    SupervisedFacts,
-    _HostedProxy,
-    _hosting_spec,
-    _Request,
-)
-from boss_sidecar.worker_api import Op
+from boss_sidecar.sidecar import Declaration, LivelinessToken, Queryable, Sidecar, Subscription, SupervisedFacts
 
 _D = TypeVar("_D", bound=Declaration)
 
@@ -45,40 +37,26 @@ class AsyncSubscription(Subscription):
         await asyncio.to_thread(self.close)
 
 
-class AsyncHostedObject(_HostedProxy):
-    """Proxy of an object in the worker: ``await obj.method(...)``, ``await obj.attribute``,
-    ``await obj.set_attribute(name, value)``."""
-
-    def _method(self, name: str) -> Callable[..., Any]:
-        async def method(*args: Any, **kwargs: Any) -> Any:
-            return await self._sidecar._call(Op.CALL_OBJECT, (self._obj_id, name, args, kwargs))
-
-        return method
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise TypeError(f"use 'await proxy.set_attribute({name!r}, value)' on an async hosted object")
-
-    async def set_attribute(self, name: str, value: Any) -> None:
-        await self._sidecar._call(Op.SET_OBJECT_ATTRIBUTE, (self._obj_id, name, value))
-
-    async def close(self) -> None:
-        self._sidecar._sync._hosted.pop(self._obj_id, None)
-        await self._sidecar._call(Op.DROP_OBJECT, (self._obj_id,))
-
-    def __repr__(self) -> str:
-        return f"<hosted {self._class} #{self._obj_id} in sidecar {self._sidecar.name} (async)>"
-
-
 class AsyncSidecar(SupervisedFacts):
-    """The awaitable Sidecar: same constructor, same operations, ``await`` them."""
+    """The awaitable Sidecar: same constructor, same operations and checks, ``await`` them.
+
+    Remote operations run the requests of the core it shares with ``Sidecar``; puts go through
+    the same buffer (a full buffer is awaited, never waited for on the loop).
+    """
 
     def __init__(
         self, name: str = "sidecar", zenoh: dict[str, Any] | str | os.PathLike[str] | None = None, **policy: Any
     ):
-        self._sync = Sidecar(name, zenoh, **policy)
-        self._supervisor = self._sync._supervisor
+        self._sync = Sidecar(name, zenoh, **policy)  # lifecycle and the put buffer, through its public API
+        self._core: SidecarCore = self._sync.core
+        self._supervisor = self._core.supervisor
         self.name = name
         self.policy = self._sync.policy
+
+    @property
+    def queued_puts(self) -> int:
+        """Puts accepted and not yet handed to the worker (at most the policy's put_buffer)."""
+        return self._sync.queued_puts
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> AsyncSidecar:
@@ -102,41 +80,54 @@ class AsyncSidecar(SupervisedFacts):
     ) -> None:
         await self.stop()
 
-    # ----------------------------------------------------------------- the core
-    async def _call(self, method: str, args: tuple[Any, ...] = (), timeout: float | None = None) -> Any:
-        sync = self._sync
-        sync._raise_put_errors()
-        seconds = sync.policy.call_timeout if timeout is None else timeout
-        supervisor = sync._supervisor
-        try:
-            endpoint = supervisor.endpoint(0.0)  # the common case: running, no wait
-        except CallTimeout:
-            endpoint = await asyncio.to_thread(supervisor.endpoint, seconds)
-        return await endpoint.arequest(method, args, timeout=seconds)
-
-    async def _run(self, request: _Request) -> Any:
-        result = await self._call(request.method, request.args, request.timeout)
-        return result if request.convert is None else request.convert(result)
-
     # ----------------------------------------------------------------- zenoh
     async def info(self, timeout: float | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self._run(_Request(Op.INFO, (), timeout))
+        result: dict[str, Any] = await self._core.arun(self._core.info_request(timeout))
         return result
 
-    async def put(self, key_expr: str, payload: bytes | str, **options: Any) -> None:
-        """Fire-and-forget like Sidecar.put (it only queues, so it does not block the loop)."""
-        self._sync.put(key_expr, payload, **options)
+    async def put(
+        self,
+        key_expr: str,
+        payload: bytes | str,
+        *,
+        encoding: str | None = None,
+        congestion_control: str | None = None,
+        priority: str | None = None,
+        express: bool | None = None,
+        attachment: bytes | str | None = None,
+    ) -> None:
+        """Fire-and-forget like Sidecar.put; with the put buffer full it awaits room (off the loop)."""
+        put = functools.partial(
+            self._sync.put,
+            key_expr,
+            payload,
+            encoding=encoding,
+            congestion_control=congestion_control,
+            priority=priority,
+            express=express,
+            attachment=attachment,
+        )
+        if self._sync.queued_puts < self.policy.put_buffer:
+            put()
+        else:
+            await asyncio.to_thread(put)
 
     async def flush(self, timeout: float | None = None) -> None:
         await asyncio.to_thread(self._sync.flush, timeout)
 
-    async def delete(self, key_expr: str, *, timeout: float | None = None, **options: Any) -> None:
+    async def delete(
+        self,
+        key_expr: str,
+        *,
+        congestion_control: str | None = None,
+        priority: str | None = None,
+        express: bool | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Publish a deletion of ``key_expr`` (after every earlier put)."""
+        request = self._core.delete_request(key_expr, congestion_control, priority, express, timeout)
         await self.flush(timeout)
-        await self._run(
-            self._sync._delete_request(
-                key_expr, options.get("congestion_control"), options.get("priority"), options.get("express"), timeout
-            )
-        )
+        await self._core.arun(request)
 
     async def get(
         self,
@@ -148,14 +139,14 @@ class AsyncSidecar(SupervisedFacts):
         encoding: str | None = None,
         attachment: bytes | str | None = None,
     ) -> list[Reply]:
-        request = self._sync._get_request(
+        request = self._core.get_request(
             selector, payload, timeout=timeout, target=target, encoding=encoding, attachment=attachment
         )
-        replies: list[Reply] = await self._run(request)
+        replies: list[Reply] = await self._core.arun(request)
         return replies
 
     async def liveliness_get(self, key_expr: str, timeout: float = 10.0) -> list[str]:
-        result: list[str] = await self._run(self._sync._liveliness_get_request(key_expr, timeout))
+        result: list[str] = await self._core.arun(self._core.liveliness_get_request(key_expr, timeout))
         return result
 
     async def subscribe(self, key_expr: str, callback: Callable[[Sample], Any] | None = None) -> AsyncSubscription:
@@ -169,7 +160,8 @@ class AsyncSidecar(SupervisedFacts):
 
     async def queryable(self, key_expr: str, handler: Callable[[Query], Any], *, complete: bool = False) -> Queryable:
         """``handler(query)`` (plain or coroutine function) runs on this loop; see Sidecar.queryable."""
-        holder: list[Queryable] = []
+        key = check_key(key_expr, "queryable")
+        send_answer = self._core.send_answer
 
         async def answer(item: tuple[int, Query]) -> None:
             query_id, query = item
@@ -178,16 +170,15 @@ class AsyncSidecar(SupervisedFacts):
                 if inspect.isawaitable(result):
                     result = await result
             except Exception as exc:
-                self._sync._send_answer(holder[0], query_id, query, None, exc)
+                send_answer(key, query_id, query, None, exc)
             else:
-                self._sync._send_answer(holder[0], query_id, query, result, None)
+                send_answer(key, query_id, query, result, None)
 
-        queryable = await self._declare(Queryable, "queryable", key_expr, (complete,), answer)
-        holder.append(queryable)
-        return queryable
+        return await self._declare(Queryable, "queryable", key, (complete,), answer)
 
     async def liveliness_token(self, key_expr: str) -> LivelinessToken:
-        return await asyncio.to_thread(self._sync.liveliness_token, key_expr)
+        key = check_key(key_expr, "token")
+        return await self._core.adeclare(LivelinessToken(self._core, "token", next(ids), key, (), None))
 
     async def _declare(
         self,
@@ -197,17 +188,17 @@ class AsyncSidecar(SupervisedFacts):
         arguments: tuple[Any, ...],
         callback: Callable[[Any], Any] | None,
     ) -> _D:
+        key = check_key(key_expr, kind)
         delivery: AsyncDelivery[Any] = AsyncDelivery(asyncio.get_running_loop(), callback, f"{self.name}:{key_expr}")
-        declaration: _D = await asyncio.to_thread(self._sync._declare, cls, kind, key_expr, arguments, delivery)
-        return declaration
+        return await self._core.adeclare(cls(self._core, kind, next(ids), key, arguments, delivery))
 
     # ----------------------------------------------------------------- hosted objects
     async def host(self, classname: str | dict[str, Any], *args: Any, **kwargs: Any) -> AsyncHostedObject:
-        """See Sidecar.host; the proxy's methods and attribute reads are awaitable."""
-        obj_id, spec = _hosting_spec(classname, args, kwargs)
-        shape = await self._call(Op.HOST_OBJECT, (obj_id, *spec))
-        self._sync._hosted[obj_id] = spec
-        return AsyncHostedObject(self, obj_id, shape)
+        """See Sidecar.host; the proxy's methods and attribute reads are awaitable. Every public name
+        of the object reaches it; ``await boss_sidecar.aset(proxy, name, value)`` writes an attribute,
+        ``await boss_sidecar.adrop(proxy)`` drops the object."""
+        obj_id, shape = await self._core.ahost(classname, args, kwargs)
+        return AsyncHostedObject(self._core, obj_id, shape)
 
     def expose(self, obj: object) -> ObjectRef:
-        return self._sync.expose(obj)
+        return self._core.expose(obj)

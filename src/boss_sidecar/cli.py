@@ -18,8 +18,7 @@ from boss_sidecar.config import load_config
 from boss_sidecar.control import ENV_SOCKET, REQUEST_TIMEOUT, LauncherUnreachable, default_socket_path, request
 from boss_sidecar.errors import ConfigError
 from boss_sidecar.launcher import Launcher
-from boss_sidecar.logs import LOG_FORMATS, configure_logging
-from boss_sidecar.policy import LOG_LEVELS
+from boss_sidecar.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 
 HEALTHY, UNHEALTHY, UNREACHABLE = 0, 1, 2
 ENV_CONFIG = "BOSS_SIDECAR_CONFIG"

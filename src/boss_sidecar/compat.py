@@ -15,15 +15,14 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-import structlog
-
 from boss_sidecar.errors import SidecarError
+from boss_sidecar.logs import get_logger
 from boss_sidecar.rpc import Endpoint
 
 POLLING_INTERVAL = 0.01
 """Kept importable for code that reads it; nothing here polls."""
 
-_log = structlog.get_logger("boss_sidecar.compat")
+_log = get_logger("boss_sidecar.compat")
 
 
 def _subclass_names(instance: object, base: type) -> set[str]:

@@ -21,9 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from boss_sidecar.errors import SidecarError
+from boss_sidecar.logs import get_logger
 
 ENV_SOCKET = "BOSS_SIDECAR_SOCKET"
 SOCKET_NAME = "control.sock"
@@ -32,7 +31,7 @@ REQUEST_TIMEOUT = 5.0
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_CLIENTS = 8
 
-_log = structlog.get_logger("boss_sidecar.control")
+_log = get_logger("boss_sidecar.control")
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 

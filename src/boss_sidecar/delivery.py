@@ -14,9 +14,9 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-import structlog
+from boss_sidecar.logs import get_logger
 
-_log = structlog.get_logger("boss_sidecar.delivery")
+_log = get_logger("boss_sidecar.delivery")
 T = TypeVar("T")
 _CLOSED: Any = object()
 

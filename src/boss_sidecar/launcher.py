@@ -19,15 +19,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import structlog
-
 from boss_sidecar.config import LauncherConfig, SidecarSpec, load_config
 from boss_sidecar.control import ControlServer
 from boss_sidecar.errors import ConfigError, SidecarError
+from boss_sidecar.logs import get_logger
 from boss_sidecar.sidecar import Sidecar
 from boss_sidecar.states import FINAL_STATES
 
-_log = structlog.get_logger("boss_sidecar.launcher")
+_log = get_logger("boss_sidecar.launcher")
 STOP, RELOAD = "stop", "reload"
 JOIN_GRACE = 2.0
 """Seconds beyond a sidecar's stop_timeout that the launcher waits for its stop to return."""

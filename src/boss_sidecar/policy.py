@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from boss_sidecar.errors import ConfigError
+from boss_sidecar.logs import LOG_LEVELS
 from boss_sidecar.rpc import DEFAULT_BUSY_WAIT, MAX_BUSY_WAIT
 
 RESTART_POLICIES = ("never", "on-failure", "always")
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 _OPTIONAL = ("max_rss_mb", "max_cpu_percent")  # None: no limit

@@ -39,8 +39,6 @@ from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
 from typing import Any
 
-import structlog
-
 from boss_sidecar._caller_reading import _CallerReading
 from boss_sidecar._framing import _FrameReader
 from boss_sidecar._inbound import _Inbound
@@ -56,6 +54,7 @@ from boss_sidecar._spin import _SpinBudget
 from boss_sidecar._standby import _Standby
 from boss_sidecar._writer import _Writer
 from boss_sidecar.errors import CallTimeout, SidecarCrashed, SidecarError, SidecarUnavailable
+from boss_sidecar.logs import get_logger
 from boss_sidecar.protocol import (
     PROTOCOL_VERSION,
     Call,
@@ -76,7 +75,7 @@ DEFAULT_MAX_BACKLOG_BYTES = 64 * 1024 * 1024
 DEFAULT_BUSY_WAIT = 100e-6
 MAX_BUSY_WAIT = 0.01  # longer polling only burns CPU: a wake from sleep costs far less than this
 
-_log = structlog.get_logger("boss_sidecar.rpc")
+_log = get_logger("boss_sidecar.rpc")
 
 _SETTLING_GRACE = 5.0  # a reply being delivered as the caller times out arrives within this
 

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
-import itertools
 import json
-import operator
 import os
 import threading
 import weakref
@@ -20,22 +17,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
-import structlog
-
+from boss_sidecar._core import Request, SidecarCore, check_key, ids, options, shared_put_options
 from boss_sidecar.delivery import CallbackDelivery, Delivery, QueueDelivery
 from boss_sidecar.errors import CallTimeout, ConfigError, SidecarError, SidecarUnavailable
 from boss_sidecar.health import Health
+from boss_sidecar.hosted import HostedObject
 from boss_sidecar.policy import SidecarPolicy
 from boss_sidecar.rpc import Endpoint
-from boss_sidecar.samples import ObjectRef, Query, QueryReply, Reply, Sample, SampleRun, normalise_payload, samples_of
+from boss_sidecar.samples import ObjectRef, Query, Reply, Sample, normalise_payload
 from boss_sidecar.states import SidecarState, StateChange
 from boss_sidecar.supervisor import ProcessBackend, Supervisor
-from boss_sidecar.worker_api import DECLARE, HostApi, Op
+from boss_sidecar.worker_api import DECLARE, Op
 
-_log = structlog.get_logger("boss_sidecar")
-_ids = itertools.count(1)
 _live: weakref.WeakSet[Sidecar] = weakref.WeakSet()
 MAX_PUT_BATCH_BYTES = 8 * 1024 * 1024
 
@@ -57,46 +52,15 @@ def zenoh_config_source(config: dict[str, Any] | str | os.PathLike[str] | None) 
     raise ConfigError(f"zenoh configuration must be a dict, a file path or None, got {type(config).__name__}")
 
 
-def _check_key(key_expr: object, what: str) -> str:
-    """Catch the obvious key-expression mistakes here; the worker's zenoh checks the rest."""
-    if not isinstance(key_expr, str) or not key_expr:
-        raise ValueError(f"{what}: key expression must be a non-empty str, got {key_expr!r}")
-    if key_expr.startswith("/") or key_expr.endswith("/") or "//" in key_expr or "?" in key_expr or "#" in key_expr:
-        raise ValueError(
-            f"{what}: invalid key expression {key_expr!r} (no leading, trailing or double '/', no '?' or '#')"
-        )
-    return key_expr
-
-
-def _options(**options: Any) -> dict[str, Any] | None:
-    given = {key: value for key, value in options.items() if value is not None}
-    if isinstance(given.get("attachment"), str):
-        given["attachment"] = given["attachment"].encode()
-    return given or None
-
-
-@functools.lru_cache(maxsize=64)
-def _shared_put_options(
-    encoding: str | None, congestion_control: str | None, priority: str | None, express: bool | None
-) -> dict[str, Any] | None:
-    """One dict per combination, never changed: a batch of puts pickles it once, the worker converts it once."""
-    return _options(encoding=encoding, congestion_control=congestion_control, priority=priority, express=express)
-
-
-class _Request(NamedTuple):
-    """One remote operation, built once and run by the sync or the async proxy."""
-
-    method: str
-    args: tuple[Any, ...]
-    timeout: float | None
-    convert: Callable[[Any], Any] | None = None
+# The put path reads these names; they live in the shared core.
+_check_key, _options, _shared_put_options = check_key, options, shared_put_options
 
 
 @dataclass(eq=False)
 class Declaration:
     """A ledger entry and the user's handle: ``close()`` undeclares it in the worker."""
 
-    sidecar: Sidecar
+    core: SidecarCore
     kind: str
     decl_id: int
     key_expr: str
@@ -104,17 +68,19 @@ class Declaration:
     delivery: Delivery[Any] | None = None
     closed: bool = field(default=False)
 
+    def request(self) -> Request:
+        return Request(DECLARE[self.kind], (self.decl_id, self.key_expr, *self.arguments), None)
+
     def declare(self, endpoint: Endpoint, timeout: float | None = None) -> None:
-        endpoint.request(DECLARE[self.kind], (self.decl_id, self.key_expr, *self.arguments), timeout=timeout)
+        request = self.request()
+        endpoint.request(request.method, request.args, timeout=timeout)
 
     def close(self) -> None:
         """Undeclare (best effort if the worker is gone) and end delivery; safe to call twice."""
         if self.closed:
             return
         self.closed = True
-        self.sidecar._forget(self)
-        with contextlib.suppress(SidecarError):
-            self.sidecar._call(Op.UNDECLARE, (self.decl_id,))
+        self.core.undeclare(self.decl_id)
         if self.delivery is not None:
             self.delivery.close()
 
@@ -125,7 +91,7 @@ class Declaration:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.key_expr!r} of {self.sidecar.name}>"
+        return f"<{type(self).__name__} {self.key_expr!r} of {self.core.name}>"
 
 
 _D = TypeVar("_D", bound=Declaration)
@@ -153,95 +119,6 @@ class Queryable(Declaration):
 
 class LivelinessToken(Declaration):
     """Announces this sidecar's liveliness on a key expression until closed."""
-
-
-class _HostedProxy:
-    """What the sync and async proxies of a hosted object share: its number and class, the methods
-    the worker reported, and reads (through ``_call``: a value from a Sidecar, an awaitable from an
-    AsyncSidecar). Subclasses say how a method is called."""
-
-    def __init__(self, sidecar: Any, obj_id: int, shape: dict[str, Any]) -> None:
-        object.__setattr__(self, "_sidecar", sidecar)
-        object.__setattr__(self, "_obj_id", obj_id)
-        object.__setattr__(self, "_methods", frozenset(shape["methods"]))
-        object.__setattr__(self, "_class", shape["class"])
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        if name in self._methods:
-            method = self._method(name)
-            method.__name__ = name
-            return method
-        return self._sidecar._call(Op.GET_OBJECT_ATTRIBUTE, (self._obj_id, name))
-
-    def _method(self, name: str) -> Callable[..., Any]:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"<hosted {self._class} #{self._obj_id} in sidecar {self._sidecar.name}>"
-
-
-class HostedObject(_HostedProxy):
-    """Proxy of an object living in the worker: method calls, reads and writes run there."""
-
-    def _method(self, name: str) -> Callable[..., Any]:
-        def method(*args: Any, **kwargs: Any) -> Any:
-            return self._sidecar._call(Op.CALL_OBJECT, (self._obj_id, name, args, kwargs))
-
-        return method
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name.startswith("_"):
-            raise AttributeError(f"cannot set private attribute {name!r} of a hosted object")
-        self._sidecar._call(Op.SET_OBJECT_ATTRIBUTE, (self._obj_id, name, value))
-
-    def close(self) -> None:
-        """Tear the object down in the worker and stop replaying it after restarts."""
-        self._sidecar._hosted.pop(self._obj_id, None)
-        with contextlib.suppress(SidecarError):
-            self._sidecar._call(Op.DROP_OBJECT, (self._obj_id,))
-
-
-class _HostServices(HostApi):
-    """What the worker may call in the host: deliveries, log records and reverse calls."""
-
-    def __init__(self, sidecar: Sidecar) -> None:
-        self._sidecar = sidecar
-
-    def samples(self, runs: list[SampleRun]) -> None:
-        """Consecutive runs of one declaration go to its delivery as one hand-off: the worker sends
-        a run per batch it took from zenoh, often several per message, and each hand-off wakes the
-        delivery's thread."""
-        ledger = self._sidecar._ledger
-        for decl_id, group in itertools.groupby(runs, key=operator.itemgetter(0)):
-            declaration = ledger.get(decl_id)
-            if declaration is not None and declaration.delivery is not None:
-                samples = samples_of(next(group))
-                for run in group:
-                    samples += samples_of(run)
-                declaration.delivery.put_many(samples)
-
-    def queries(self, items: list[tuple[Any, ...]]) -> None:
-        ledger = self._sidecar._ledger
-        for decl_id, query_id, *fields in items:
-            declaration = ledger.get(decl_id)
-            if declaration is not None and declaration.delivery is not None:
-                declaration.delivery.put((query_id, Query(*fields)))
-
-    def put_failed(self, errors: list[str]) -> None:
-        self._sidecar._put_errors.extend(errors)
-
-    def logs(self, records: list[dict[str, Any]]) -> None:
-        self._sidecar._emit_worker_logs(records)
-
-    def call_exported(self, ref_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        target = self._sidecar._exported.get(ref_id)
-        if target is None:
-            raise LookupError(f"no exported host object #{ref_id}")
-        if not method.isidentifier() or method.startswith("_"):
-            raise AttributeError(f"{method!r} is not exposed (only public names of exported objects are)")
-        return getattr(target, method)(*args, **kwargs)
 
 
 class SupervisedFacts:
@@ -294,10 +171,6 @@ class Sidecar(SupervisedFacts):
             raise ConfigError(f"sidecar name must be a non-empty str, got {name!r}")
         self.name = name
         self.policy = SidecarPolicy.from_options(policy)
-        self._zenoh_source = zenoh_config_source(zenoh)
-        self._ledger: dict[int, Declaration] = {}
-        self._hosted: dict[int, HostingSpec] = {}
-        self._exported: dict[int, object] = {}
         self._put_errors: list[str] = []
         self._puts: list[tuple[str, bytes, dict[str, Any] | None]] = []
         self._puts_size = 0
@@ -305,10 +178,16 @@ class Sidecar(SupervisedFacts):
         self._flusher: threading.Thread | None = None
         self._flushing = False
         self._closing = False
-        self._log = _log.bind(sidecar=name)
-        self._supervisor = Supervisor(
-            name, self.policy, target=_HostServices(self), prepare=self._prepare, backend=backend
+        self.core = SidecarCore(
+            name,
+            self.policy,
+            zenoh_config_source(zenoh),
+            backend=backend,
+            check_puts=self._raise_put_errors,
+            put_failed=self._put_errors.extend,
         )
+        """What Sidecar and AsyncSidecar share (internal: not a stable API)."""
+        self._supervisor = self.core.supervisor
         _live.add(self)
 
     # ----------------------------------------------------------------- lifecycle
@@ -335,13 +214,7 @@ class Sidecar(SupervisedFacts):
         with self._put_cond:
             self._put_cond.notify_all()
         self._supervisor.stop(seconds * 0.75 if self._supervisor.state == SidecarState.RUNNING else seconds)
-        # Every declaration ends with the sidecar (iterators finish); restart() keeps them instead.
-        ledger, self._ledger = self._ledger, {}
-        self._hosted.clear()
-        for declaration in ledger.values():
-            declaration.closed = True
-            if declaration.delivery is not None:
-                declaration.delivery.close()
+        self.core.end_declarations()  # iterators finish; restart() keeps the declarations instead
 
     def _rpc_stop(self) -> None:
         """BOSS's name: ask the worker to undeclare everything, close zenoh and exit 0."""
@@ -361,27 +234,16 @@ class Sidecar(SupervisedFacts):
 
     def info(self, timeout: float | None = None) -> dict[str, Any]:
         """zid of the worker's session and the zids of its peers and routers."""
-        result: dict[str, Any] = self._run(_Request(Op.INFO, (), timeout))
+        result: dict[str, Any] = self.core.run(self.core.info_request(timeout))
         return result
 
-    def _prepare(self, endpoint: Endpoint) -> None:
-        """Make a new worker ready: open its session, declare the ledger, host the objects again."""
-        timeout = self.policy.start_timeout
-        endpoint.request(Op.OPEN_SESSION, self._zenoh_source, timeout=timeout)
-        for declaration in list(self._ledger.values()):
-            declaration.declare(endpoint, timeout)
-        for obj_id, spec in list(self._hosted.items()):
-            endpoint.request(Op.HOST_OBJECT, (obj_id, *spec), timeout=timeout)
-
-    def _run(self, request: _Request) -> Any:
-        result = self._call(request.method, request.args, request.timeout)
-        return result if request.convert is None else request.convert(result)
-
     def _call(self, method: str, args: tuple[Any, ...] = (), timeout: float | None = None) -> Any:
-        self._raise_put_errors()
-        seconds = self.policy.call_timeout if timeout is None else timeout
-        endpoint = self._supervisor.endpoint(seconds)
-        return endpoint.request(method, args, timeout=seconds)
+        return self.core.call(method, args, timeout)
+
+    @property
+    def queued_puts(self) -> int:
+        """Puts accepted and not yet handed to the worker (at most the policy's put_buffer)."""
+        return len(self._puts)
 
     # ----------------------------------------------------------------- publishing
     def put(
@@ -494,18 +356,7 @@ class Sidecar(SupervisedFacts):
     ) -> None:
         """Publish a deletion of ``key_expr`` (after every earlier put)."""
         self.flush(timeout)
-        self._run(self._delete_request(key_expr, congestion_control, priority, express, timeout))
-
-    def _delete_request(
-        self,
-        key_expr: str,
-        congestion_control: str | None,
-        priority: str | None,
-        express: bool | None,
-        timeout: float | None,
-    ) -> _Request:
-        options = _options(congestion_control=congestion_control, priority=priority, express=express)
-        return _Request(Op.DELETE, (_check_key(key_expr, "delete"), options), timeout)
+        self.core.run(self.core.delete_request(key_expr, congestion_control, priority, express, timeout))
 
     def get(
         self,
@@ -521,141 +372,65 @@ class Sidecar(SupervisedFacts):
 
         target: "best_matching" (zenoh's default) | "all" | "all_complete".
         """
-        replies: list[Reply] = self._run(
-            self._get_request(
-                selector, payload, timeout=timeout, target=target, encoding=encoding, attachment=attachment
-            )
+        request = self.core.get_request(
+            selector, payload, timeout=timeout, target=target, encoding=encoding, attachment=attachment
         )
+        replies: list[Reply] = self.core.run(request)
         return replies
-
-    def _get_request(
-        self,
-        selector: str,
-        payload: bytes | str | None,
-        *,
-        timeout: float,
-        target: str | None,
-        encoding: str | None,
-        attachment: bytes | str | None,
-    ) -> _Request:
-        if not isinstance(selector, str) or not selector:
-            raise ValueError(f"get: selector must be a non-empty str, got {selector!r}")
-        options = _options(
-            payload=None if payload is None else normalise_payload(payload, f"get {selector!r}"),
-            timeout=timeout,
-            target=target,
-            encoding=encoding,
-            attachment=attachment,
-        )
-        return _Request(
-            Op.GET,
-            (selector, options or {}),
-            timeout + self.policy.call_timeout,
-            lambda replies: [Reply(*reply) for reply in replies],
-        )
 
     # ----------------------------------------------------------------- declarations
     def subscribe(self, key_expr: str, callback: Callable[[Sample], Any] | None = None) -> Subscription:
         """Receive samples: ``callback(sample)`` runs in order on its own thread, or iterate the handle."""
-        return self._declare(Subscription, "subscriber", key_expr, (), self._delivery(callback, key_expr))
+        return self.core.declare(self._declaration(Subscription, "subscriber", key_expr, (), callback))
 
     def liveliness_subscribe(
         self, key_expr: str, callback: Callable[[Sample], Any] | None = None, *, history: bool = False
     ) -> Subscription:
         """Token appearances (kind "put") and disappearances (kind "delete") on ``key_expr``."""
-        return self._declare(
-            Subscription, "liveliness_subscriber", key_expr, (history,), self._delivery(callback, key_expr)
-        )
+        declaration = self._declaration(Subscription, "liveliness_subscriber", key_expr, (history,), callback)
+        return self.core.declare(declaration)
 
     def queryable(self, key_expr: str, handler: Callable[[Query], Any], *, complete: bool = False) -> Queryable:
         """Answer queries in the host: ``handler(query)`` returns the reply payload (bytes or str),
         a QueryReply or a list of them, or None for no reply; what it raises becomes an error reply.
         """
-        _check_key(key_expr, "queryable")
-        declaration: list[Queryable] = []
+        key = check_key(key_expr, "queryable")
 
         def answer(item: tuple[int, Query]) -> None:
-            self._answer(declaration[0], *item, handler)
+            query_id, query = item
+            try:
+                result = handler(query)
+            except Exception as exc:
+                self.core.send_answer(key, query_id, query, None, exc)
+            else:
+                self.core.send_answer(key, query_id, query, result, None)
 
-        queryable = self._declare(
-            Queryable, "queryable", key_expr, (complete,), CallbackDelivery(answer, f"{self.name}:{key_expr}")
-        )
-        declaration.append(queryable)
-        return queryable
+        delivery = CallbackDelivery(answer, f"{self.name}:{key_expr}")
+        return self.core.declare(Queryable(self.core, "queryable", next(ids), key, (complete,), delivery))
 
     def liveliness_token(self, key_expr: str) -> LivelinessToken:
         """Declare a liveliness token (declared again on each new worker)."""
-        return self._declare(LivelinessToken, "token", key_expr, (), None)
+        key = check_key(key_expr, "token")
+        return self.core.declare(LivelinessToken(self.core, "token", next(ids), key, (), None))
 
     def liveliness_get(self, key_expr: str, timeout: float = 10.0) -> list[str]:
         """Key expressions of the liveliness tokens alive now."""
-        result: list[str] = self._run(self._liveliness_get_request(key_expr, timeout))
+        result: list[str] = self.core.run(self.core.liveliness_get_request(key_expr, timeout))
         return result
 
-    def _liveliness_get_request(self, key_expr: str, timeout: float) -> _Request:
-        key = _check_key(key_expr, "liveliness_get")
-        return _Request(Op.LIVELINESS_GET, (key, timeout), timeout + self.policy.call_timeout)
-
-    def _delivery(self, callback: Callable[[Sample], Any] | None, key_expr: str) -> Delivery[Sample]:
-        if callback is None:
-            return QueueDelivery()
-        return CallbackDelivery(callback, f"{self.name}:{key_expr}")
-
-    def _declare(
+    def _declaration(
         self,
         cls: type[_D],
         kind: str,
         key_expr: str,
         arguments: tuple[Any, ...],
-        delivery: Delivery[Any] | None,
+        callback: Callable[[Sample], Any] | None,
     ) -> _D:
-        declaration = cls(self, kind, next(_ids), _check_key(key_expr, kind), arguments, delivery)
-        self._ledger[declaration.decl_id] = declaration
-        try:
-            endpoint = self._supervisor.endpoint(self.policy.call_timeout)
-            declaration.declare(endpoint)
-        except BaseException:
-            self._ledger.pop(declaration.decl_id, None)
-            if delivery is not None:
-                delivery.close()
-            raise
-        return declaration
-
-    def _forget(self, declaration: Declaration) -> None:
-        self._ledger.pop(declaration.decl_id, None)
-
-    def _answer(self, queryable: Queryable, query_id: int, query: Query, handler: Callable[[Query], Any]) -> None:
-        try:
-            result = handler(query)
-        except Exception as exc:
-            self._send_answer(queryable, query_id, query, None, exc)
-        else:
-            self._send_answer(queryable, query_id, query, result, None)
-
-    def _send_answer(
-        self, queryable: Queryable, query_id: int, query: Query, result: Any, raised: Exception | None
-    ) -> None:
-        """Turn a handler's result (or exception) into zenoh replies, sent to the worker one-way."""
-        replies: list[QueryReply] = []
-        error: bytes | None = None
-        try:
-            if raised is not None:
-                raise raised
-            items = result if isinstance(result, list | tuple) else [] if result is None else [result]
-            for item in items:
-                replies.append(item if isinstance(item, QueryReply) else self._reply_to(queryable, query, item))
-        except Exception as exc:
-            self._log.warning("queryable handler raised", key_expr=queryable.key_expr, error=repr(exc))
-            replies, error = [], f"{type(exc).__name__}: {exc}".encode()
-        with contextlib.suppress(SidecarError):
-            self._supervisor.endpoint(self.policy.call_timeout).notify(Op.REPLY, query_id, replies, error)
-
-    @staticmethod
-    def _reply_to(queryable: Queryable, query: Query, payload: Any) -> QueryReply:
-        for key in (query.key_expr, queryable.key_expr):
-            if "*" not in key and "$" not in key:
-                return QueryReply(key, normalise_payload(payload, f"reply to {query.selector!r}"))
-        raise ValueError(f"query {query.selector!r} has a wildcard key: return QueryReply(key_expr, payload)")
+        key = check_key(key_expr, kind)
+        delivery: Delivery[Sample] = (
+            QueueDelivery() if callback is None else CallbackDelivery(callback, f"{self.name}:{key_expr}")
+        )
+        return cls(self.core, kind, next(ids), key, arguments, delivery)
 
     # ----------------------------------------------------------------- hosted objects
     def host(self, classname: str | dict[str, Any], *args: Any, **kwargs: Any) -> HostedObject:
@@ -663,55 +438,15 @@ class Sidecar(SupervisedFacts):
 
         ``classname`` is "pkg.mod:Class" or "pkg.mod.Class", or BOSS's configuration document
         ``{"_id": name, "classname": ..., "arguments": {...}}`` (``_id`` is passed as ``name``
-        when the class takes one and the arguments do not). Replayed after each restart.
+        when the class takes one and the arguments do not). Replayed after each restart. Every
+        public name of the object reaches it; drop it with ``boss_sidecar.drop(proxy)``.
         """
-        obj_id, spec = _hosting_spec(classname, args, kwargs)
-        shape = self._call(Op.HOST_OBJECT, (obj_id, *spec))
-        self._hosted[obj_id] = spec
-        return HostedObject(self, obj_id, shape)
+        obj_id, shape = self.core.host(classname, args, kwargs)
+        return HostedObject(self.core, obj_id, shape)
 
     def expose(self, obj: object) -> ObjectRef:
         """A reference to pass to hosted objects so they can call ``obj``'s public methods."""
-        ref = ObjectRef(next(_ids), type(obj).__name__)
-        self._exported[ref.ref_id] = obj
-        return ref
-
-    # ----------------------------------------------------------------- logs
-    def _emit_worker_logs(self, records: list[dict[str, Any]]) -> None:
-        """Re-emit worker records in the host; each carries the pid and incarnation that wrote it."""
-        for record in records:
-            level = str(record.pop("level", "info")).lower()
-            event = record.pop("event", "")
-            log = self._log.bind(worker_pid=record.pop("worker_pid", None), incarnation=record.pop("incarnation", None))
-            emit = getattr(log, {"warn": "warning", "exception": "error"}.get(level, level), log.info)
-            emit(event, **record)
-
-
-HostingSpec = tuple[str, tuple[Any, ...], dict[str, Any], "str | None"]
-
-
-def _hosting_spec(
-    classname: str | dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[int, HostingSpec]:
-    """A fresh object id and what the worker needs to build (and rebuild) the object."""
-    default_name = None
-    if isinstance(classname, dict):
-        default_name = classname.get("_id")
-        classname, kwargs = _from_boss_document(classname, kwargs)
-    if not isinstance(classname, str) or not classname:
-        raise ConfigError(f"classname must be a non-empty str, got {classname!r}")
-    return next(_ids), (classname, args, kwargs, default_name)
-
-
-def _from_boss_document(document: dict[str, Any], kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    unknown = set(document) - {"_id", "classname", "arguments"}
-    if "classname" not in document:
-        raise ConfigError("hosted object document has no 'classname'")
-    if unknown:
-        raise ConfigError(f"hosted object document has unknown keys: {', '.join(sorted(unknown))}")
-    arguments = dict(document.get("arguments") or {})
-    arguments.update(kwargs)
-    return document["classname"], arguments
+        return self.core.expose(obj)
 
 
 def _stop_all_at_exit() -> None:

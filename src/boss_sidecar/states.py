@@ -8,9 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-import structlog
-
 from boss_sidecar.errors import SidecarError
+from boss_sidecar.logs import Logger
 
 
 class SidecarState(StrEnum):
@@ -55,7 +54,7 @@ StateHook = Callable[[StateChange], None]
 class StateMachine:
     """Holds the state under a condition variable; ``change`` checks, logs and runs hooks."""
 
-    def __init__(self, log: structlog.typing.FilteringBoundLogger) -> None:
+    def __init__(self, log: Logger) -> None:
         self.condition = threading.Condition()
         self.state = SidecarState.STOPPED
         self.reason = "not started"

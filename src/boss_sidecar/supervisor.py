@@ -22,16 +22,15 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-import structlog
-
 from boss_sidecar.errors import CallTimeout, SidecarCrashed, SidecarError, SidecarUnavailable
 from boss_sidecar.health import Health, ProcessProbe
+from boss_sidecar.logs import get_logger
 from boss_sidecar.policy import SidecarPolicy
 from boss_sidecar.rpc import Endpoint
 from boss_sidecar.states import ACTIVE_STATES, SidecarState, StateChange, StateMachine
 
 S = SidecarState
-_log = structlog.get_logger("boss_sidecar.supervisor")
+_log = get_logger("boss_sidecar.supervisor")
 _FORKED_REASON = "this is a forked child: the worker belongs to the parent process; make a new Sidecar here"
 
 

@@ -8,6 +8,7 @@ stopping. Once the sidecar is in that state it prints one line ``{"state": ..., 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import structlog
 
 from boss_sidecar.sidecar import Sidecar
 from boss_sidecar.states import SidecarState, StateChange
@@ -79,7 +79,7 @@ def on_state(wanted: SidecarState, then: Any) -> Any:
 
 
 def main() -> None:
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the worker inherits it: peers.*
     state, config = sys.argv[1], json.loads(sys.argv[2])
     backend = HoldsAfterSigterm()

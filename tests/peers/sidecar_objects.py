@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -57,3 +58,57 @@ class Introspect:
 
     def thread_names(self) -> list[str]:
         return sorted(thread.name for thread in threading.enumerate())
+
+
+class Instrument:
+    """Method names a proxy could have wanted for itself, as instruments have them; a method that
+    logs through the logging module (as vendor code does) and a teardown that fails (a worker warning)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.mode = "idle"
+
+    def close(self) -> str:
+        self.calls.append("close")
+        return "instrument closed"
+
+    def stop(self) -> str:
+        self.calls.append("stop")
+        return "instrument stopped"
+
+    def reset(self) -> str:
+        self.calls.append("reset")
+        return "instrument reset"
+
+    def drop(self) -> str:
+        self.calls.append("drop")
+        return "instrument dropped"
+
+    def set_attribute(self, name: str, value: Any) -> str:
+        self.calls.append(f"set_attribute {name}={value}")
+        return "instrument set_attribute"
+
+    def history(self) -> list[str]:
+        return list(self.calls)
+
+    def chatter(self, text: str) -> int:
+        logging.getLogger("vendor.driver").warning("vendor says %s", text)
+        return os.getpid()
+
+    def _teardown(self) -> None:
+        raise RuntimeError("teardown refused")
+
+
+class Census:
+    """Counts its instances alive in this worker: what a user would ask to see what is hosted."""
+
+    alive = 0
+
+    def __init__(self) -> None:
+        Census.alive += 1
+
+    def count(self) -> int:
+        return Census.alive
+
+    def _teardown(self) -> None:
+        Census.alive -= 1

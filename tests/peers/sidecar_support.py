@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import queue
 import subprocess
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import structlog
 
 from boss_sidecar.testing import wait_until
 
@@ -72,7 +72,7 @@ def wait_gone(pid: int, create_time: float, timeout: float = BOUND) -> float:
 
 
 def child_environment(**extra: str) -> dict[str, str]:
-    """The environment for a host program; structlog output goes to its stderr."""
+    """The environment for a host program; its log records go to its stderr."""
     env = dict(os.environ)
     env.update(extra)
     return env
@@ -165,8 +165,8 @@ def line_program(program: str, *args: str, env: dict[str, str] | None = None) ->
 
 
 def logs_to_stderr() -> None:
-    """For the programs: keep stdout for replies, send structlog's output to stderr."""
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    """For the programs: keep stdout for replies, send the log records to stderr."""
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO)
 
 
 def reply(word: str, value: object = None) -> None:

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import MutableMapping
 from multiprocessing.connection import Connection
 from types import FrameType
@@ -23,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from boss_sidecar.logs import get_logger, record_fields
 from boss_sidecar.rpc import DEFAULT_BUSY_WAIT, Endpoint
 from boss_sidecar.worker.service import WorkerService
 from boss_sidecar.worker_api import EventKind
@@ -58,20 +60,25 @@ class _LogForwarder:
 
 
 class _StdlibToHost(logging.Handler):
-    """Records of libraries that use the logging module (HEROS does) reach the host too."""
+    """Records of the logging module (ours, and libraries' such as HEROS's) reach the host too."""
 
     def __init__(self, forward: _LogForwarder) -> None:
         super().__init__()
         self._forward = forward
 
     def emit(self, record: logging.LogRecord) -> None:
+        event, fields = record_fields(record)
+        fields.update(event=event, logger=record.name)
+        if record.exc_info:
+            fields["exception"] = "".join(traceback.format_exception(*record.exc_info))
         with contextlib.suppress(structlog.DropEvent):
-            self._forward(None, record.levelname.lower(), {"event": record.getMessage(), "logger": record.name})
+            self._forward(None, record.levelname.lower(), fields)
 
 
 def _configure_logging(service: WorkerService, level: str, incarnation: int) -> None:
+    """This process is ours: every record, of the logging module or of structlog, goes to the host."""
     forward = _LogForwarder(service, incarnation)
-    structlog.configure(
+    structlog.configure(  # for hosted code that logs with structlog's defaults
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
@@ -171,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
 
     stopped_politely = endpoint.stop_acknowledged.is_set()
     if not stopped_politely:
-        structlog.get_logger("boss_sidecar.worker").info("worker exiting", reason=reason["why"])
+        get_logger("boss_sidecar.worker").info("worker exiting", reason=reason["why"])
         _bounded(service.shutdown, SHUTDOWN_BOUND)
     _bounded(lambda: endpoint.close("worker exiting"), 0.2)
     with contextlib.suppress(Exception):

@@ -14,12 +14,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import structlog
-
 from boss_sidecar._framing import _READ_BUFFER
 from boss_sidecar.errors import SidecarError
+from boss_sidecar.logs import get_logger
 
-_log = structlog.get_logger("boss_sidecar.worker.forward")
+_log = get_logger("boss_sidecar.worker.forward")
 
 MAX_BATCH = 512
 """Items taken off the queue at once (a run pushed at once is not split)."""

@@ -16,17 +16,17 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import structlog
 import zenoh
 
 from boss_sidecar.errors import ConfigError, ZenohError
+from boss_sidecar.logs import get_logger
 from boss_sidecar.protocol import Call
 from boss_sidecar.rpc import Endpoint
 from boss_sidecar.samples import ObjectRef, QueryReply, SampleRun, column
 from boss_sidecar.worker.forward import Forwarder, spans
 from boss_sidecar.worker_api import EventKind, HostOp, Op, WorkerApi
 
-_log = structlog.get_logger("boss_sidecar.worker")
+_log = get_logger("boss_sidecar.worker")
 
 SUBSCRIBER_CHANNEL = 1024
 """Samples a subscriber's channel holds; should its drain thread fall that far behind, zenoh waits."""
