@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 
 from boss_sidecar import worker_api
-from boss_sidecar.sidecar import Sidecar, _HostServices
+from boss_sidecar._core import _HostServices
+from boss_sidecar.sidecar import Sidecar
 from boss_sidecar.worker_api import DECLARE, EventKind, HostApi, HostOp, Op, WorkerApi, names
 
 SENDERS = {"request", "arequest", "call", "acall", "_call", "notify", "_Request", "_push", "push", "push_many"}
 """What sends an operation or event, its name first."""
 SOURCES = [
+    "boss_sidecar._core",
     "boss_sidecar.sidecar",
     "boss_sidecar.async_sidecar",
     "boss_sidecar.worker.service",
