@@ -59,6 +59,11 @@ class SidecarPolicy:
     """How long CPU use must stay above ``max_cpu_percent`` before the worker is restarted."""
     put_buffer: int = 100_000
     """Puts queued in the host at most; a put beyond waits (up to ``call_timeout``) for room."""
+    subscription_backlog: int = 100_000
+    """Samples (or queries) waiting for one subscription's callback or iterator at most; beyond, new
+    ones are dropped, counted in ``health().dropped_samples`` and logged (the queued ones stay in order)."""
+    stuck_callback_after: float = 10.0
+    """A callback running longer than this is reported in ``health().stuck_callbacks`` and logged."""
     log_level: str = "info"
     busy_wait: float = DEFAULT_BUSY_WAIT
     """Seconds a thread waiting for the peer's next message polls before it sleeps (both sides); 0: never.
@@ -75,7 +80,7 @@ class SidecarPolicy:
             if spec.name in ("restart", "log_level") or (value is None and spec.name in _OPTIONAL):
                 continue
             _check_number(spec.name, value)
-        for name in ("max_restarts", "put_buffer"):
+        for name in ("max_restarts", "put_buffer", "subscription_backlog"):
             if not isinstance(getattr(self, name), int):
                 raise ConfigError(f"{name} must be a whole number, got {getattr(self, name)!r}")
         if self.busy_wait > MAX_BUSY_WAIT:

@@ -15,6 +15,7 @@ import json
 import operator
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,12 +26,13 @@ from typing import Any, NamedTuple, TypeVar
 import structlog
 
 from boss_sidecar.delivery import CallbackDelivery, Delivery, QueueDelivery
-from boss_sidecar.errors import CallTimeout, ConfigError, SidecarError, SidecarUnavailable
+from boss_sidecar.errors import CallTimeout, ConfigError, PutsUnconfirmed, SidecarError, SidecarUnavailable
 from boss_sidecar.health import Health
 from boss_sidecar.policy import SidecarPolicy
 from boss_sidecar.rpc import Endpoint
 from boss_sidecar.samples import ObjectRef, Query, QueryReply, Reply, Sample, SampleRun, normalise_payload, samples_of
 from boss_sidecar.states import SidecarState, StateChange
+from boss_sidecar.stopping import FLUSH_SHARE
 from boss_sidecar.supervisor import ProcessBackend, Supervisor
 
 _log = structlog.get_logger("boss_sidecar")
@@ -54,6 +56,19 @@ def zenoh_config_source(config: dict[str, Any] | str | os.PathLike[str] | None) 
             raise ConfigError(f"zenoh configuration file {str(path)!r} does not exist")
         return ("file", str(path.resolve()))
     raise ConfigError(f"zenoh configuration must be a dict, a file path or None, got {type(config).__name__}")
+
+
+def check_name(name: object) -> str:
+    """A sidecar's name: any text a command line and a log can carry (it is never read as an option)."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"sidecar name must be a non-empty str, got {name!r}")
+    if any(ord(char) < 32 or ord(char) == 127 for char in name):
+        raise ConfigError(f"sidecar name must not contain NUL or other control characters, got {name!r}")
+    try:
+        os.fsencode(name)
+    except UnicodeError:
+        raise ConfigError(f"sidecar name cannot be passed to a process (not encodable), got {name!r}") from None
+    return name
 
 
 def _check_key(key_expr: object, what: str) -> str:
@@ -229,7 +244,8 @@ class _HostServices:
                 declaration.delivery.put((query_id, Query(*fields)))
 
     def put_failed(self, errors: list[str]) -> None:
-        self._sidecar._put_errors.extend(errors)
+        with self._sidecar._put_cond:
+            self._sidecar._put_errors.extend(errors)
 
     def logs(self, records: list[dict[str, Any]]) -> None:
         self._sidecar._emit_worker_logs(records)
@@ -289,15 +305,14 @@ class Sidecar(SupervisedFacts):
         backend: ProcessBackend | None = None,
         **policy: Any,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"sidecar name must be a non-empty str, got {name!r}")
-        self.name = name
+        self.name = check_name(name)
         self.policy = SidecarPolicy.from_options(policy)
         self._zenoh_source = zenoh_config_source(zenoh)
         self._ledger: dict[int, Declaration] = {}
         self._hosted: dict[int, HostingSpec] = {}
         self._exported: dict[int, object] = {}
         self._put_errors: list[str] = []
+        self._unconfirmed = 0  # puts handed to a worker that ended before confirming them
         self._puts: list[tuple[str, bytes, dict[str, Any] | None]] = []
         self._puts_size = 0
         self._put_cond = threading.Condition()
@@ -306,7 +321,12 @@ class Sidecar(SupervisedFacts):
         self._closing = False
         self._log = _log.bind(sidecar=name)
         self._supervisor = Supervisor(
-            name, self.policy, target=_HostServices(self), prepare=self._prepare, backend=backend
+            name,
+            self.policy,
+            target=_HostServices(self),
+            prepare=self._prepare,
+            backend=backend,
+            host_health=self._deliveries_health,
         )
         _live.add(self)
 
@@ -324,23 +344,29 @@ class Sidecar(SupervisedFacts):
         """Stop within ``timeout`` (default: the policy's stop_timeout), escalating as needed.
 
         Pending puts are sent first, declarations undeclared and the zenoh session closed by the
-        worker; if it does not exit in time it gets SIGTERM, then SIGKILL. Always returns in time.
+        worker; if it does not exit in time it gets SIGTERM, then SIGKILL. Always returns in time,
+        whatever user callbacks do; after an interrupted stop (Ctrl-C) a second one finishes it.
+        The sequence and its shares of the time: ``boss_sidecar.stopping``.
         """
         seconds = self.policy.stop_timeout if timeout is None else timeout
+        deadline = time.monotonic() + seconds
         if self._supervisor.state == SidecarState.RUNNING:
             with contextlib.suppress(SidecarError):
-                self.flush(timeout=seconds * 0.25)
+                self.flush(timeout=seconds * FLUSH_SHARE)
         self._closing = True
         with self._put_cond:
             self._put_cond.notify_all()
-        self._supervisor.stop(seconds * 0.75 if self._supervisor.state == SidecarState.RUNNING else seconds)
+        self._supervisor.stop(max(0.0, deadline - time.monotonic()))
         # Every declaration ends with the sidecar (iterators finish); restart() keeps them instead.
         ledger, self._ledger = self._ledger, {}
         self._hosted.clear()
+        deliveries = [declaration.delivery for declaration in ledger.values() if declaration.delivery is not None]
         for declaration in ledger.values():
             declaration.closed = True
-            if declaration.delivery is not None:
-                declaration.delivery.close()
+        for delivery in deliveries:
+            delivery.close(wait=False)
+        for delivery in deliveries:  # one deadline for all: a stuck callback is left behind, not waited for
+            delivery.join(max(0.0, deadline - time.monotonic()))
 
     def _rpc_stop(self) -> None:
         """BOSS's name: ask the worker to undeclare everything, close zenoh and exit 0."""
@@ -363,14 +389,20 @@ class Sidecar(SupervisedFacts):
         result: dict[str, Any] = self._run(_Request("info", (), timeout))
         return result
 
-    def _prepare(self, endpoint: Endpoint) -> None:
-        """Make a new worker ready: open its session, declare the ledger, host the objects again."""
-        timeout = self.policy.start_timeout
-        endpoint.request("open_session", self._zenoh_source, timeout=timeout)
+    def _prepare(self, endpoint: Endpoint, deadline: float) -> None:
+        """Make a new worker ready by ``deadline``: open its session, declare the ledger, host the objects again."""
+
+        def left() -> float:
+            seconds = deadline - time.monotonic()
+            if seconds <= 0:
+                raise CallTimeout(f"{self.name}: worker not ready within {self.policy.start_timeout:g}s")
+            return seconds
+
+        endpoint.request("open_session", self._zenoh_source, timeout=left())
         for declaration in list(self._ledger.values()):
-            declaration.declare(endpoint, timeout)
+            declaration.declare(endpoint, left())
         for obj_id, spec in list(self._hosted.items()):
-            endpoint.request("host_object", (obj_id, *spec), timeout=timeout)
+            endpoint.request("host_object", (obj_id, *spec), timeout=left())
 
     def _run(self, request: _Request) -> Any:
         result = self._call(request.method, request.args, request.timeout)
@@ -432,40 +464,79 @@ class Sidecar(SupervisedFacts):
                 self._put_cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until every earlier put reached the worker and ran; raise the first put error."""
+        """Wait until every earlier put reached the worker and ran; raise the first put error.
+
+        ``PutsUnconfirmed`` says exactly how many puts went to a worker that ended before
+        confirming them (each may or may not have been published); puts not yet handed over when
+        a worker ended go to the next one, in order.
+        """
         seconds = self.policy.call_timeout if timeout is None else timeout
         with self._put_cond:
             if not self._put_cond.wait_for(lambda: not self._puts and not self._flushing, timeout=seconds):
                 raise CallTimeout(f"{self.name}: puts not sent within {seconds:g}s")
+        self._raise_put_errors()
         self._call("sync", (), seconds)
         self._raise_put_errors()  # the worker reported them before it answered the sync
 
     def _raise_put_errors(self) -> None:
-        if self._put_errors:
-            # Copy, then delete that many: the reader thread may append meanwhile; nothing is lost.
-            errors = self._put_errors[:]
-            del self._put_errors[: len(errors)]
-            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-            raise SidecarError(f"{self.name}: {errors[0]}{more}")
+        if not self._put_errors and not self._unconfirmed:
+            return
+        with self._put_cond:  # the flusher and the reader thread add to these
+            errors, self._put_errors = self._put_errors, []
+            unconfirmed, self._unconfirmed = self._unconfirmed, 0
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        if unconfirmed:
+            also = f"; also: {errors[0]}{more}" if errors else ""
+            raise PutsUnconfirmed(
+                f"{self.name}: {unconfirmed} puts went to a worker that ended before confirming them "
+                f"(each may or may not have been published){also}",
+                unconfirmed,
+            )
+        raise SidecarError(f"{self.name}: {errors[0]}{more}")
 
     def _flush_loop(self) -> None:
-        """Send queued puts as batches; while one batch is on the wire the next one grows."""
+        """Send queued puts as batches, each confirmed by the worker once handed to zenoh.
+
+        A batch is taken only once a running worker is there, so puts wait in the host through a
+        restart and go to the next worker in order; a batch whose worker ends before confirming it is
+        counted (``PutsUnconfirmed``), never resent: it may have been published already.
+        """
         while True:
             with self._put_cond:
                 self._put_cond.wait_for(lambda: bool(self._puts) or self._closing)
                 if not self._puts and self._closing:
                     return
+            try:
+                endpoint = self._supervisor.endpoint(self.policy.call_timeout)
+            except CallTimeout:
+                continue  # still restarting: the puts stay queued (put() waits when the buffer is full)
+            except SidecarError as exc:
+                self._drop_queued(exc)
+                continue
+            with self._put_cond:
                 batch = self._take_batch()
                 self._flushing = True
                 self._put_cond.notify_all()
             try:
-                self._supervisor.endpoint(self.policy.call_timeout).notify("put_batch", batch)
+                endpoint.request("put_batch", (batch,), timeout=self.policy.call_timeout)
             except SidecarError as exc:
-                self._put_errors.append(f"{len(batch)} puts lost: {exc}")
+                self._log.warning("puts unconfirmed", count=len(batch), error=str(exc))
+                with self._put_cond:
+                    self._unconfirmed += len(batch)
             finally:
                 with self._put_cond:
                     self._flushing = False
                     self._put_cond.notify_all()
+
+    def _drop_queued(self, error: SidecarError) -> None:
+        """The sidecar stopped or failed: queued puts have nowhere to go; say so, never silently."""
+        with self._put_cond:
+            dropped, self._puts, self._puts_size = len(self._puts), [], 0
+            if dropped:
+                self._put_errors.append(f"{dropped} puts not sent: {error}")
+            self._put_cond.notify_all()
+        if dropped:
+            self._log.warning("puts not sent", count=dropped, error=str(error))
 
     def _take_batch(self) -> list[tuple[str, bytes, dict[str, Any] | None]]:
         if self._puts_size <= MAX_PUT_BATCH_BYTES:
@@ -576,9 +647,7 @@ class Sidecar(SupervisedFacts):
         def answer(item: tuple[int, Query]) -> None:
             self._answer(declaration[0], *item, handler)
 
-        queryable = self._declare(
-            Queryable, "queryable", key_expr, (complete,), CallbackDelivery(answer, f"{self.name}:{key_expr}")
-        )
+        queryable = self._declare(Queryable, "queryable", key_expr, (complete,), self._delivery(answer, key_expr))
         declaration.append(queryable)
         return queryable
 
@@ -595,10 +664,24 @@ class Sidecar(SupervisedFacts):
         key = _check_key(key_expr, "liveliness_get")
         return _Request("liveliness_get", (key, timeout), timeout + self.policy.call_timeout)
 
-    def _delivery(self, callback: Callable[[Sample], Any] | None, key_expr: str) -> Delivery[Sample]:
+    def _delivery(self, callback: Callable[[Any], Any] | None, key_expr: str) -> Delivery[Any]:
+        name, limit = f"{self.name}:{key_expr}", self.policy.subscription_backlog
         if callback is None:
-            return QueueDelivery()
-        return CallbackDelivery(callback, f"{self.name}:{key_expr}")
+            return QueueDelivery(limit=limit, name=name)
+        return CallbackDelivery(callback, name, limit=limit, stuck_after=self.policy.stuck_callback_after)
+
+    def _deliveries_health(self) -> tuple[tuple[str, ...], int]:
+        """Stuck callbacks and dropped items of this sidecar's deliveries, for health()."""
+        deliveries = [declaration.delivery for declaration in list(self._ledger.values())]
+        stuck = tuple(
+            why for delivery in deliveries if isinstance(delivery, CallbackDelivery) and (why := delivery.stuck())
+        )
+        dropped = sum(
+            delivery.backlog.dropped
+            for delivery in deliveries
+            if isinstance(delivery, CallbackDelivery | QueueDelivery)
+        )
+        return stuck, dropped
 
     def _declare(
         self,

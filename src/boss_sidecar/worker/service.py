@@ -281,7 +281,8 @@ class WorkerService:
 
     # ----------------------------------------------------------------- publishing and querying
     def put_batch(self, items: list[tuple[str, bytes, dict[str, Any] | None]]) -> None:
-        """Run coalesced puts (an event, in order); failures go back to the host as events."""
+        """Hand coalesced puts to zenoh, in order; the reply confirms the batch to the host (which counts
+        a batch whose worker ended before replying as unconfirmed); failures go back as events."""
         session = self._require_session()
         converted: dict[int, dict[str, Any]] = {}  # the host shares one options dict among like puts
         for key, payload, options in items:
