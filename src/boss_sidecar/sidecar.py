@@ -395,7 +395,7 @@ class Sidecar(SupervisedFacts):
         def left() -> float:
             seconds = deadline - time.monotonic()
             if seconds <= 0:
-                raise CallTimeout(f"{self.name}: worker not ready within {self.policy.start_timeout:g}s")
+                raise CallTimeout("no time left to set the worker up")
             return seconds
 
         endpoint.request("open_session", self._zenoh_source, timeout=left())

@@ -305,13 +305,15 @@ class Supervisor:
             self._check_run(run)
             self._prepare(incarnation.endpoint, deadline)
             if self._backend.now() > deadline:
-                raise CallTimeout(f"{self.name}: worker not ready within {self.policy.start_timeout:g}s")
+                raise CallTimeout("deadline passed")
         except BaseException as exc:
             incarnation.exit_expected = True
             self._kill_now(incarnation)
             self._check_run(run)
-            if isinstance(exc, CallTimeout) and "within" not in str(exc):
-                raise CallTimeout(f"{self.name}: worker not ready within {self.policy.start_timeout:g}s") from exc
+            if isinstance(exc, CallTimeout):  # a hello, session or replay step that hung: name the bound
+                raise CallTimeout(
+                    f"{self.name}: worker not ready within {self.policy.start_timeout:g}s ({exc})"
+                ) from exc
             raise
         pid = incarnation.process.pid
         with self._cond:
@@ -551,14 +553,14 @@ class Supervisor:
                 return
             self._run += 1  # every thread and launch of the earlier run stands down
             self._restart_wanted = None
-            self._stoppers += 1
             if self.state != S.STOPPING:
                 self._machine.change(S.STOPPING, "stop requested")
-            # A worker being born now is stopped too: wait for its birth (bounded), then take it.
-            self._cond.wait_for(lambda: not self._spawning, max(0.0, deadline - time.monotonic()))
-            current = self._current
-            threads = (self._monitor, self._heartbeat)
+            self._stoppers += 1
         try:
+            with self._cond:  # a worker being born now is stopped too: wait for its birth (bounded)
+                self._cond.wait_for(lambda: not self._spawning, max(0.0, deadline - time.monotonic()))
+                current = self._current
+                threads = (self._monitor, self._heartbeat)
             if current is not None and self.owned_by_this_process:
                 self._terminate(current, deadline)
             for thread in threads:

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 import zenoh
 
-from boss_sidecar.errors import ConfigError, ZenohError
+from boss_sidecar.errors import ConfigError, SidecarUnavailable, ZenohError
 from boss_sidecar.protocol import Call
 from boss_sidecar.rpc import Endpoint
 from boss_sidecar.samples import ObjectRef, QueryReply, SampleRun, column
@@ -235,6 +235,8 @@ class WorkerService:
         return 0
 
     def _require_session(self) -> Any:
+        if self._closed:
+            raise SidecarUnavailable(f"{self.name}: worker stopping (zenoh session closed)")
         if self._session is None:
             raise ZenohError("no zenoh session is open")
         return self._session
@@ -443,6 +445,8 @@ class WorkerService:
         try:
             return self._objects[obj_id]
         except KeyError:
+            if self._closed:  # a call that came in as this worker was stopped: a sidecar error, not the caller's
+                raise SidecarUnavailable(f"{self.name}: worker stopping (hosted objects released)") from None
             raise LookupError(f"no hosted object #{obj_id}") from None
 
     def _describe_call(self, call: Call) -> str | None:
