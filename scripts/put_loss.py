@@ -16,33 +16,16 @@ import os
 import re
 import signal
 import sys
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from boss_sidecar import Sample, Sidecar, SidecarError
+from boss_sidecar import Sidecar, SidecarError
 from boss_sidecar.testing import free_port, peer_config
+from peers.fault_support import Numbers
 
 KEY = "putloss/stream"
 BOUND = 60.0
-
-
-class Received:
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.seen: list[int] = []
-        self.changed = threading.Condition()
-
-    def __call__(self, sample: Sample) -> None:
-        with self.changed:
-            self.seen.append(int(sample.payload))
-            self.changed.notify_all()
-
-    def wait_last(self, timeout: float) -> None:
-        with self.changed:
-            self.changed.wait_for(lambda: bool(self.seen) and self.seen[-1] == self.total - 1, timeout)
 
 
 def _reported(error: SidecarError) -> int:
@@ -59,15 +42,13 @@ def one_round(puts: int, fault: str) -> tuple[int, int, int, bool]:
     publisher = Sidecar(
         "putloss-pub", peer_config(connect_ports=(port,)), heartbeat_interval=0.5, heartbeat_timeout=2.0
     ).start()
-    received = Received(puts)
+    received = Numbers()
     reported = 0
     try:
         subscriber.subscribe(KEY, received)
         publisher.put(KEY, "-1", congestion_control="block")
         publisher.flush()
-        deadline = time.monotonic() + BOUND
-        while not received.seen and time.monotonic() < deadline:
-            time.sleep(0.01)
+        received.wait_for(-1, BOUND)
         received.seen.clear()
         for number in range(puts):
             if number == puts // 3:
@@ -85,7 +66,7 @@ def one_round(puts: int, fault: str) -> tuple[int, int, int, bool]:
                 publisher.flush(timeout=BOUND)
             except SidecarError as exc:
                 reported += _reported(exc)
-        received.wait_last(BOUND)
+        received.wait_for(puts - 1, BOUND)
         seen = list(received.seen)
     finally:
         publisher.stop()

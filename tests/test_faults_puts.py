@@ -9,35 +9,17 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from collections.abc import Callable
 
 import pytest
 
-from boss_sidecar import PutsUnconfirmed, Sample, Sidecar
+from boss_sidecar import PutsUnconfirmed, Sidecar
 from boss_sidecar.testing import free_port, peer_config
-from peers.fault_support import BOUND
+from peers.fault_support import BOUND, Numbers
 
 MakeSidecar = Callable[..., Sidecar]
 PUTS = 30_000
 KEY = "faults/puts"
-
-
-class _Numbers:
-    """The numbers a subscription received, in arrival order; ``wait_for`` one of them (bounded)."""
-
-    def __init__(self) -> None:
-        self.seen: list[int] = []
-        self._changed = threading.Condition()
-
-    def __call__(self, sample: Sample) -> None:
-        with self._changed:
-            self.seen.append(int(sample.payload))
-            self._changed.notify_all()
-
-    def wait_for(self, number: int) -> bool:
-        with self._changed:
-            return self._changed.wait_for(lambda: number in self.seen[-1:], BOUND)
 
 
 @pytest.mark.parametrize("fault", ["sigkill", "frozen"])
@@ -46,7 +28,7 @@ def test_puts_through_a_dying_worker_arrive_in_order_or_are_reported(make_sideca
     as hung, a third of the way in: every put not received is among those reported, the received ones
     are in order, and the puts after the fault all arrive through the next worker."""
     port = free_port()
-    received = _Numbers()
+    received = Numbers()
     make_sidecar("puts-sub", peer_config(port)).subscribe(KEY, received)
     publisher = make_sidecar(
         "puts-pub", peer_config(connect_ports=(port,)), heartbeat_interval=0.2, heartbeat_timeout=2.0

@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import threading
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import psutil
 
@@ -73,3 +74,21 @@ def workers_started_by(host_pid: int) -> list[int]:
     return live_workers(
         lambda process: dict(itertools.pairwise(process.cmdline())).get("--parent-pid") == str(host_pid)
     )
+
+
+class Numbers:
+    """A subscription callback keeping the numbers its samples carry, in arrival order; ``wait_for`` one
+    to be the latest (bounded). For the put-loss test and ``scripts/put_loss.py``."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self._changed = threading.Condition()
+
+    def __call__(self, sample: Any) -> None:
+        with self._changed:
+            self.seen.append(int(sample.payload))
+            self._changed.notify_all()
+
+    def wait_for(self, number: int, timeout: float = BOUND) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: number in self.seen[-1:], timeout)
