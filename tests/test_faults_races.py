@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,9 +18,8 @@ from typing import Any
 import pytest
 
 from boss_sidecar import Sidecar, SidecarError, SidecarState, StateChange
-from boss_sidecar.supervisor import ProcessBackend
 from boss_sidecar.testing import free_port, peer_config, wait_until
-from peers.fault_support import BOUND, RestartWatch, worker_gone, workers_of
+from peers.fault_support import BOUND, CtrlCAtSigterm, RestartWatch, worker_gone, workers_of
 
 S = SidecarState
 MakeSidecar = Callable[..., Sidecar]
@@ -111,22 +109,9 @@ def test_stop_racing_restart_and_a_kill_leaves_no_worker(make_sidecar: MakeSidec
     assert all(worker_gone(pid) for pid in pids if pid is not None)
 
 
-class _CtrlCAtSigterm(ProcessBackend):
-    """Ctrl-C arrives while stop() waits after sending SIGTERM (raised where the wait is)."""
-
-    def __init__(self) -> None:
-        self.armed = False
-
-    def kill(self, process: subprocess.Popen[bytes], signum: int) -> None:
-        super().kill(process, signum)
-        if signum == signal.SIGTERM and self.armed:
-            self.armed = False
-            raise KeyboardInterrupt
-
-
 @pytest.fixture
-def interruptible() -> Iterator[tuple[Sidecar, _CtrlCAtSigterm]]:
-    backend = _CtrlCAtSigterm()
+def interruptible() -> Iterator[tuple[Sidecar, CtrlCAtSigterm]]:
+    backend = CtrlCAtSigterm()
     sidecar = Sidecar("ctrl-c", peer_config(), backend=backend, stop_timeout=2.0).start()
     try:
         yield sidecar, backend
@@ -136,7 +121,7 @@ def interruptible() -> Iterator[tuple[Sidecar, _CtrlCAtSigterm]]:
 
 @pytest.mark.parametrize("then", ["stop", "start"])
 def test_ctrl_c_during_stop_of_a_frozen_worker_is_finished_by_the_next_stop_or_start(
-    interruptible: tuple[Sidecar, _CtrlCAtSigterm], then: str
+    interruptible: tuple[Sidecar, CtrlCAtSigterm], then: str
 ) -> None:
     """KeyboardInterrupt while stop() escalates (after SIGTERM to a frozen worker): a second stop() ends
     STOPPED with the worker gone; or start() finishes that stop and starts a new worker."""

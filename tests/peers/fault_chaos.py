@@ -15,7 +15,6 @@ import itertools
 import os
 import random
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -24,9 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from boss_sidecar import AsyncSidecar, Sample, Sidecar, SidecarError, SidecarState
-from boss_sidecar.supervisor import ProcessBackend
 from boss_sidecar.testing import free_port, peer_config
-from peers.fault_support import BOUND, RestartWatch, worker_gone, workers_of
+from peers.fault_support import BOUND, CtrlCAtSigterm, RestartWatch, worker_gone, workers_of
 
 ECHO = "peers.fault_objects:FaultEcho"
 STREAM = "fault/chaos/stream"
@@ -344,19 +342,6 @@ class LifecycleReport:
         return found
 
 
-class _CtrlCAtSigterm(ProcessBackend):
-    """Raises KeyboardInterrupt in stop() right after it sent SIGTERM, when armed (a Ctrl-C then)."""
-
-    def __init__(self) -> None:
-        self.armed = False
-
-    def kill(self, process: subprocess.Popen[bytes], signum: int) -> None:
-        super().kill(process, signum)
-        if signum == signal.SIGTERM and self.armed:
-            self.armed = False
-            raise KeyboardInterrupt
-
-
 def _watch_workers(report: LifecycleReport, done: threading.Event) -> None:
     while not done.wait(0.005):
         report.most_workers = max(report.most_workers, len(workers_of(LIFECYCLE_NAME)))
@@ -417,7 +402,7 @@ def _kill(sidecar: Sidecar) -> None:
 
 
 def _lifecycle_round(
-    sidecar: Sidecar, backend: _CtrlCAtSigterm, echo: _Echo, action: str, report: LifecycleReport
+    sidecar: Sidecar, backend: CtrlCAtSigterm, echo: _Echo, action: str, report: LifecycleReport
 ) -> None:
     """One action racing a kill (or a Ctrl-C), then back to RUNNING; every wait bounded."""
     if action == "restart-after-kill":
@@ -471,7 +456,7 @@ def run_lifecycle_chaos(
     rng = random.Random(seed)
     report = LifecycleReport()
     started = time.monotonic()
-    backend = _CtrlCAtSigterm()
+    backend = CtrlCAtSigterm()
     sidecar = Sidecar(
         LIFECYCLE_NAME,
         peer_config(free_port()),  # a fixed port: a second worker at once could not listen
