@@ -8,6 +8,7 @@ flusher thread sends whatever piled up as one message, so a put costs no round t
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import functools
 import itertools
@@ -39,6 +40,9 @@ _log = structlog.get_logger("boss_sidecar")
 _ids = itertools.count(1)
 _live: weakref.WeakSet[Sidecar] = weakref.WeakSet()
 MAX_PUT_BATCH_BYTES = 8 * 1024 * 1024
+MAX_BATCHES_IN_FLIGHT = 4
+"""Put batches sent and not yet confirmed at most: enough to keep the worker busy while the next one
+travels, few enough that a worker that freezes holds only these; the rest wait for the next worker."""
 
 
 def zenoh_config_source(config: dict[str, Any] | str | os.PathLike[str] | None) -> tuple[str, str | None]:
@@ -95,6 +99,14 @@ def _shared_put_options(
 ) -> dict[str, Any] | None:
     """One dict per combination, never changed: a batch of puts pickles it once, the worker converts it once."""
     return _options(encoding=encoding, congestion_control=congestion_control, priority=priority, express=express)
+
+
+class _Batch(NamedTuple):
+    """Puts sent to a worker and not yet confirmed by it."""
+
+    endpoint: Endpoint
+    seq: int
+    puts: int
 
 
 class _Request(NamedTuple):
@@ -247,6 +259,10 @@ class _HostServices:
         with self._sidecar._put_cond:
             self._sidecar._put_errors.extend(errors)
 
+    def puts_done(self, seqs: list[int]) -> None:
+        """The worker handed these batches (and all before them) to zenoh."""
+        self._sidecar._confirm_batches(max(seqs))
+
     def logs(self, records: list[dict[str, Any]]) -> None:
         self._sidecar._emit_worker_logs(records)
 
@@ -313,6 +329,8 @@ class Sidecar(SupervisedFacts):
         self._exported: dict[int, object] = {}
         self._put_errors: list[str] = []
         self._unconfirmed = 0  # puts handed to a worker that ended before confirming them
+        self._in_flight: collections.deque[_Batch] = collections.deque()  # sent, not yet confirmed
+        self._batch_numbers = itertools.count(1)
         self._puts: list[tuple[str, bytes, dict[str, Any] | None]] = []
         self._puts_size = 0
         self._put_cond = threading.Condition()
@@ -328,6 +346,8 @@ class Sidecar(SupervisedFacts):
             backend=backend,
             host_health=self._deliveries_health,
         )
+        # A worker ended: its unconfirmed batches are counted before the next call can run.
+        self._supervisor.on_state_change(lambda _change: self._settle_batches())
         _live.add(self)
 
     # ----------------------------------------------------------------- lifecycle
@@ -474,9 +494,14 @@ class Sidecar(SupervisedFacts):
         with self._put_cond:
             if not self._put_cond.wait_for(lambda: not self._puts and not self._flushing, timeout=seconds):
                 raise CallTimeout(f"{self.name}: puts not sent within {seconds:g}s")
+        self._settle_batches()
+        try:
+            self._call("sync", (), seconds)  # the worker confirmed and reported every earlier batch before this
+        except SidecarError:
+            self._settle_batches()
+            self._raise_put_errors()
+            raise
         self._raise_put_errors()
-        self._call("sync", (), seconds)
-        self._raise_put_errors()  # the worker reported them before it answered the sync
 
     def _raise_put_errors(self) -> None:
         if not self._put_errors and not self._unconfirmed:
@@ -494,18 +519,43 @@ class Sidecar(SupervisedFacts):
             )
         raise SidecarError(f"{self.name}: {errors[0]}{more}")
 
+    def _confirm_batches(self, seq: int) -> None:
+        with self._put_cond:
+            while self._in_flight and self._in_flight[0].seq <= seq:
+                self._in_flight.popleft()
+            self._put_cond.notify_all()
+
+    def _settle_batches(self) -> None:
+        """Count the puts of batches whose worker's channel ended before it confirmed them.
+
+        The channel delivers the worker's confirmations in order before its end, so once it is
+        closed, a batch still here will never be confirmed.
+        """
+        with self._put_cond:
+            while self._in_flight and self._in_flight[0].endpoint.is_closed:
+                lost = self._in_flight.popleft()
+                self._unconfirmed += lost.puts
+                self._log.warning("puts unconfirmed", count=lost.puts)
+            self._put_cond.notify_all()
+
     def _flush_loop(self) -> None:
-        """Send queued puts as batches, each confirmed by the worker once handed to zenoh.
+        """Send queued puts as batches (events, so one goes out while the worker runs the last).
 
         A batch is taken only once a running worker is there, so puts wait in the host through a
-        restart and go to the next worker in order; a batch whose worker ends before confirming it is
-        counted (``PutsUnconfirmed``), never resent: it may have been published already.
+        restart and go to the next worker in order. The worker confirms each batch once zenoh has it;
+        a batch whose worker ended before confirming it is counted (``PutsUnconfirmed``), never resent:
+        it may have been published already.
         """
         while True:
             with self._put_cond:
                 self._put_cond.wait_for(lambda: bool(self._puts) or self._closing)
                 if not self._puts and self._closing:
                     return
+                # Confirmations and a worker's end (settled on the state change) wake this; bounded anyway.
+                if not self._put_cond.wait_for(
+                    lambda: len(self._in_flight) < MAX_BATCHES_IN_FLIGHT or self._closing, self.policy.call_timeout
+                ):
+                    continue
             try:
                 endpoint = self._supervisor.endpoint(self.policy.call_timeout)
             except CallTimeout:
@@ -515,18 +565,20 @@ class Sidecar(SupervisedFacts):
                 continue
             with self._put_cond:
                 batch = self._take_batch()
+                seq = next(self._batch_numbers)
+                self._in_flight.append(_Batch(endpoint, seq, len(batch)))
                 self._flushing = True
                 self._put_cond.notify_all()
             try:
-                endpoint.request("put_batch", (batch,), timeout=self.policy.call_timeout)
-            except SidecarError as exc:
-                self._log.warning("puts unconfirmed", count=len(batch), error=str(exc))
-                with self._put_cond:
-                    self._unconfirmed += len(batch)
+                endpoint.notify("put_batch", batch, seq)
+            except SidecarError:
+                pass  # the channel ended: the batch is counted once it is settled
             finally:
                 with self._put_cond:
                     self._flushing = False
                     self._put_cond.notify_all()
+            if endpoint.is_closed:
+                self._settle_batches()
 
     def _drop_queued(self, error: SidecarError) -> None:
         """The sidecar stopped or failed: queued puts have nowhere to go; say so, never silently."""

@@ -213,7 +213,7 @@ class WorkerService:
 
     def _convert(self, kind: str, items: list[Any]) -> list[Any]:
         """What travels to the host for a run of forwarded items of one kind (the forwarder's thread)."""
-        if kind in ("samples", "logs", "put_failed"):  # samples come as runs already (see _take_runs)
+        if kind in ("samples", "logs", "put_failed", "puts_done"):  # samples come as runs already (see _take_runs)
             return items
         if kind == "queries":
             converted = [(decl_id, query, _query_fields(query)) for decl_id, query in items]
@@ -282,9 +282,9 @@ class WorkerService:
         self._forwarder.drain(timeout)
 
     # ----------------------------------------------------------------- publishing and querying
-    def put_batch(self, items: list[tuple[str, bytes, dict[str, Any] | None]]) -> None:
-        """Hand coalesced puts to zenoh, in order; the reply confirms the batch to the host (which counts
-        a batch whose worker ended before replying as unconfirmed); failures go back as events."""
+    def put_batch(self, items: list[tuple[str, bytes, dict[str, Any] | None]], seq: int | None = None) -> None:
+        """Hand coalesced puts to zenoh, in order (an event); then confirm batch ``seq`` to the host with a
+        ``puts_done`` event (a batch whose worker ended unconfirmed is counted there); failures go back as events."""
         session = self._require_session()
         converted: dict[int, dict[str, Any]] = {}  # the host shares one options dict among like puts
         for key, payload, options in items:
@@ -298,6 +298,8 @@ class WorkerService:
                 session.put(key, payload, **kwargs)
             except Exception as exc:
                 self._push("put_failed", f"put {key!r}: {exc}")
+        if seq is not None:
+            self._push("puts_done", seq)
 
     def delete(self, key_expr: str, options: dict[str, Any] | None = None) -> None:
         session = self._require_session()
