@@ -400,6 +400,7 @@ FAULT_TEST_FILES = [
     "test_faults_puts.py",
     "test_faults_races.py",
     "test_security.py",
+    "test_testing.py",
 ]
 
 

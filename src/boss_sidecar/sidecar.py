@@ -352,7 +352,12 @@ class Sidecar(SupervisedFacts):
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> Sidecar:
-        """Start the worker and wait until it is ready (session open, ledger replayed)."""
+        """Start the worker and wait until it is ready (session open, ledger replayed).
+
+        After a stop() that was interrupted (Ctrl-C), this finishes that stop first.
+        """
+        if self._supervisor.state == SidecarState.STOPPING:
+            self.stop()
         self._closing = False
         self._supervisor.start()
         if self._flusher is None or not self._flusher.is_alive():
