@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 
 from boss_sidecar import Sample, Sidecar, SidecarState
 from boss_sidecar.testing import wait_until
-from peers.fault_support import BOUND
+from peers.fault_support import BOUND, worker_gone
+from peers.sidecar_support import HERE, child_environment, ok_line
 
 MakeSidecar = Callable[..., Sidecar]
 STUCK = 25
@@ -53,3 +56,19 @@ def test_stuck_callbacks_are_shown_their_backlog_bounded_and_stop_keeps_its_dead
         assert sidecar.state == SidecarState.STOPPED
     finally:
         release.set()
+
+
+def test_interpreter_exit_does_not_wait_for_stuck_callbacks() -> None:
+    """A host with 40 callbacks blocked forever that exits without stop() ends (its worker too) within
+    the bound; before, its exit waited a second for each stuck callback."""
+    completed = subprocess.run(
+        [sys.executable, str(HERE / "stuck_callbacks_host.py"), "40"],
+        capture_output=True,
+        text=True,
+        env=child_environment(),
+        timeout=BOUND,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    pid = ok_line(completed)["pid"]
+    assert wait_until(lambda: worker_gone(pid), BOUND, "the worker gone")

@@ -371,11 +371,11 @@ class Supervisor:
                 if run != self._run:
                     return
                 incarnation = self._current
+                assert incarnation is not None  # a run begins with a worker
                 wanted, self._restart_wanted = self._restart_wanted, None
-                if wanted is not None:
-                    incarnation.exit_expected = True  # type: ignore[union-attr]
+                if wanted is not None:  # still RUNNING: within a run only this thread changes the state
+                    incarnation.exit_expected = True
                     self._machine.change(S.STARTING, wanted.reason)
-            assert incarnation is not None
             if wanted is not None:
                 self._terminate(incarnation, time.monotonic() + wanted.stop_timeout)
                 carry_on = self._replace(run, wanted.reason, requested=True)
@@ -553,6 +553,7 @@ class Supervisor:
                 return
             self._run += 1  # every thread and launch of the earlier run stands down
             self._restart_wanted = None
+            self._cond.notify_all()
             if self.state != S.STOPPING:
                 self._machine.change(S.STOPPING, "stop requested")
             self._stoppers += 1
