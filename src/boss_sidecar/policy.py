@@ -37,7 +37,9 @@ class SidecarPolicy:
     """Every option a sidecar is supervised by; ``Sidecar(name, **options)`` fills it."""
 
     restart: str = "on-failure"
-    """never | on-failure | always: when a worker that exited is started again."""
+    """never | on-failure | always: when a worker that exited is started again. As systemd's on-failure,
+    on-failure leaves a worker that exited 0 or was terminated by a SIGTERM from outside stopped: someone
+    asked it to go. A start or replay that fails (or times out) is a failure under the policy too."""
     max_restarts: int = 5
     """Restart intensity: more than this many restarts within ``restart_window`` means FAILED."""
     restart_window: float = 60.0
