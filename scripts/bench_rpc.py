@@ -7,7 +7,9 @@ are measured in turns, round after round, so a machine that speeds up or slows d
 (a virtual machine's CPUs do) affects each kind alike.
 
 - round trip: one request at a time, p50 and p99 over all rounds: raw ``Connection.send`` and
-  ``recv`` of the very dict an Endpoint call sends, ``Endpoint.call`` and ``Endpoint.acall``;
+  ``recv`` of the very dict an Endpoint call sends, ``Endpoint.call`` and ``Endpoint.acall``, and
+  ``Endpoint.call`` to a child whose ``Endpoint(connection, target)`` was built with default arguments,
+  as a BOSS user would build it (the calling end too), rather than set up as the worker's;
 - pipelined: many requests in flight, calls/s (median over rounds): raw (one thread keeps the
   window full: the best a bare pipe does), Endpoint with that many threads, and with that many
   asyncio tasks; and, on the bare pipe, the simplest client with that many threads (a lock per
@@ -55,14 +57,18 @@ class _Served:
 
 
 def _child(mode: str, fd: int) -> None:
-    """Child side: echo raw messages, or serve ``_Served`` through an Endpoint, until the parent hangs up."""
+    """Child side: echo raw messages, or serve ``_Served`` through an Endpoint (set up as the worker's, or
+    built with default arguments as a BOSS user would), until the parent hangs up."""
     connection = Connection(fd)
     if mode == "raw":
         with contextlib.suppress(EOFError, OSError):
             while True:
                 connection.send(connection.recv())
         return
-    endpoint = Endpoint(connection, _Served(), name="bench-child", max_workers=64, callers_read=False)
+    if mode == "defaults":
+        endpoint = Endpoint(connection, _Served())
+    else:
+        endpoint = Endpoint(connection, _Served(), name="bench-child", max_workers=64, callers_read=False)
     endpoint.closed.wait(600)
 
 
@@ -290,13 +296,22 @@ def main(argv: list[str] | None = None) -> None:
     if options.quick:
         options.rounds, options.calls, options.pipelined, options.in_flight = 2, 50, 200, 8
 
-    latency: dict[str, list[float]] = {"raw": [], "call": [], "acall": [], "busy raw": [], "busy call": []}
+    latency: dict[str, list[float]] = {
+        "raw": [],
+        "call": [],
+        "acall": [],
+        "defaults": [],
+        "busy raw": [],
+        "busy call": [],
+    }
     rates: dict[str, list[float]] = {"raw": [], "raw threads": [], "raw tasks": [], "threads": [], "tasks": []}
     loop = asyncio.new_event_loop()
-    with _spawned("raw") as raw, _spawned("endpoint") as connection:
+    with _spawned("raw") as raw, _spawned("endpoint") as connection, _spawned("defaults") as plain_connection:
         endpoint = Endpoint(connection, name="bench", max_workers=max(32, options.in_flight))
+        plain = Endpoint(plain_connection)  # both ends built with default arguments
         try:
             endpoint.wait_peer(_BOUND)
+            plain.wait_peer(_BOUND)
             message = _raw_message()
 
             def raw_round_trip() -> None:
@@ -307,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
                 latency["raw"] += _timed(options.calls, raw_round_trip)
                 latency["call"] += _timed(options.calls, lambda: endpoint.call("noop"))
                 latency["acall"] += _timed_async(loop, options.calls, endpoint)
+                latency["defaults"] += _timed(options.calls, lambda: plain.call("noop"))
             with _busy_machine() as spinners:
                 for _ in range(options.rounds):
                     latency["busy raw"] += _timed(options.calls, raw_round_trip)
@@ -319,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
                 rates["tasks"].append(_task_rate(loop, endpoint, options.pipelined, options.in_flight))
         finally:
             endpoint.close()
+            plain.close()
             loop.close()
     _report(options, latency, rates, spinners)
 
@@ -330,7 +347,12 @@ def _report(
     figures = {kind: _percentiles(samples) for kind, samples in latency.items()}
     total = options.rounds * options.calls
     print(f"round trip, {total} calls each, {options.rounds} rounds (microseconds)   p50       p99")
-    for kind, label in (("raw", "raw pipe"), ("call", "Endpoint.call"), ("acall", "Endpoint.acall")):
+    for kind, label in (
+        ("raw", "raw pipe"),
+        ("call", "Endpoint.call"),
+        ("acall", "Endpoint.acall"),
+        ("defaults", "Endpoint.call, both ends with default arguments"),
+    ):
         p50, p99 = figures[kind]
         print(f"  {label:<52}{p50:>8.1f}  {p99:>8.1f}")
     print(f"round trip on a busy machine (cores: {os.cpu_count()}, spinning processes besides: {spinners})")
@@ -359,6 +381,7 @@ def _report(
     print(f"  ratio throughput threads:   {rate_ratio('threads'):.2f}")
     print(f"  ratio throughput tasks:     {rate_ratio('tasks'):.2f}")
     print(f"  ratio busy machine p50 call: {figures['busy call'][0] / figures['busy raw'][0]:.2f}  (no goal)")
+    print(f"  ratio round trip p50 defaults: {figures['defaults'][0] / figures['raw'][0]:.2f}  (no goal)")
     print("ratios endpoint/simplest client on the raw pipe, same threads or tasks (no goal)")
     print(f"  ratio threads/simplest:      {rate_ratio('threads', 'raw threads'):.2f}")
     print(f"  ratio tasks/simplest:        {rate_ratio('tasks', 'raw tasks'):.2f}")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from boss_sidecar import CallTimeout, SidecarCrashed
+from boss_sidecar import CallTimeout, RemoteError, SidecarCrashed
 from boss_sidecar.samples import Query
 from boss_sidecar.sidecar import Sidecar
 from boss_sidecar.testing import wait_until
@@ -194,4 +194,24 @@ def test_ctrl_c_while_a_call_waits_raises_in_the_caller_and_the_sidecar_serves_o
     assert echo.big(1_000_000) == b"x" * 1_000_000
     assert echo.blocking == 1  # the interrupted call still runs in the worker: only its caller gave up
     assert sidecar.pid == worker
+    assert watch.reasons == []
+
+
+@pytest.mark.parametrize(
+    ("method", "args", "named"),
+    [("exit", (4,), "SystemExit"), ("interrupt", (), "KeyboardInterrupt"), ("generator_exit", (), "GeneratorExit")],
+)
+def test_a_hosted_method_raising_system_exit_or_an_interrupt_answers_at_once_and_the_worker_serves_on(
+    make_sidecar: MakeSidecar, method: str, args: tuple[Any, ...], named: str
+) -> None:
+    """Vendor code calling ``sys.exit()`` (or raising KeyboardInterrupt, GeneratorExit) in a hosted method: the
+    call fails at once with a RemoteError naming it, not a CallTimeout; the call does not stay among the
+    worker's running calls (so it is never reported overdue) and the same worker serves on, unrestarted."""
+    sidecar, watch = _watched(make_sidecar, call_timeout=BOUND)
+    hosted = sidecar.host("peers.raising_objects:Raiser")
+    pid = hosted.worker_pid()
+    with pytest.raises(RemoteError, match=named):
+        getattr(hosted, method)(*args)
+    assert hosted.other_running_calls() == 0
+    assert hosted.worker_pid() == pid
     assert watch.reasons == []

@@ -61,7 +61,7 @@ class Serving:
 
     def send_raw(self, frame: bytes) -> None:
         """Write one frame to the worker's channel, past every check of the host's encoder."""
-        self.sidecar._supervisor.endpoint()._send_parts([frame], len(frame))
+        self.sidecar._supervisor.endpoint()._writer.send([frame], len(frame))
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ from boss_sidecar.protocol import (
     Stop,
     UnknownMessageType,
     decode,
-    encode,
     id_of,
     new_id,
 )
@@ -78,7 +77,7 @@ def test_every_message_type_has_a_sample() -> None:
 @pytest.mark.parametrize("message", SAMPLES, ids=_ids)
 def test_encode_gives_a_plain_dict_with_id_type_and_every_field(message: Message) -> None:
     """The wire dict carries id, the type code as a plain str, and every required and optional field."""
-    wire = encode(message)
+    wire = message.to_wire()
     assert type(wire) is dict
     assert wire["id"] == message.id
     assert wire["type"] == str(message.TYPE)
@@ -90,8 +89,8 @@ def test_encode_gives_a_plain_dict_with_id_type_and_every_field(message: Message
 
 @pytest.mark.parametrize("message", SAMPLES, ids=_ids)
 def test_round_trip_through_pickle_gives_the_same_message(message: Message) -> None:
-    """encode, pickle, unpickle, decode is the identity."""
-    back = decode(pickle.loads(pickle.dumps(encode(message))))
+    """to_wire, pickle, unpickle, decode is the identity."""
+    back = decode(pickle.loads(pickle.dumps(message.to_wire())))
     assert type(back) is type(message)
     assert _equal(back, message)
 
@@ -99,14 +98,14 @@ def test_round_trip_through_pickle_gives_the_same_message(message: Message) -> N
 @pytest.mark.parametrize("message", [m for m in SAMPLES if str(m.TYPE) in BOSS_FIELDS], ids=_ids)
 def test_boss_types_carry_every_field_boss_reads(message: Message) -> None:
     """A BOSS receiver raises KeyError on a missing field, so each of its types carries them all."""
-    assert BOSS_FIELDS[str(message.TYPE)] <= set(encode(message))
+    assert BOSS_FIELDS[str(message.TYPE)] <= set(message.to_wire())
 
 
 @pytest.mark.parametrize("message", SAMPLES, ids=_ids)
 def test_defaults_encode_and_decode(message: Message) -> None:
     """A message built with only an id still round-trips (defaults are valid wire values)."""
     bare = type(message)(id=99)
-    assert _equal(decode(encode(bare)), bare)
+    assert _equal(decode(bare.to_wire()), bare)
 
 
 def test_decode_accepts_a_boss_message_without_our_optional_fields() -> None:
@@ -160,7 +159,7 @@ def test_decode_raises_unknown_message_type_for_a_new_code() -> None:
 @pytest.mark.parametrize("message", SAMPLES, ids=_ids)
 def test_decode_refuses_a_missing_id(message: Message) -> None:
     """Every type needs an id; the error names the type and the field."""
-    wire = encode(message)
+    wire = message.to_wire()
     del wire["id"]
     with pytest.raises(ProtocolError, match=rf"{type(message).__name__} message .* no 'id' field"):
         decode(wire)
@@ -180,7 +179,7 @@ def _required_fields() -> list[tuple[Message, str]]:
 @pytest.mark.parametrize(("message", "name"), _required_fields(), ids=lambda v: v if isinstance(v, str) else _ids(v))
 def test_decode_refuses_a_missing_required_field(message: Message, name: str) -> None:
     """Each required field is checked; the error names the message type and the missing field."""
-    wire = encode(message)
+    wire = message.to_wire()
     del wire[name]
     with pytest.raises(ProtocolError, match=rf"{type(message).__name__} message \('{message.TYPE}'\) has no '{name}'"):
         decode(wire)
@@ -218,7 +217,7 @@ WRONG_TYPES: list[tuple[Message, str, object]] = [
 )
 def test_decode_refuses_a_field_of_the_wrong_type(message: Message, name: str, value: object) -> None:
     """A field of the wrong type is refused; the error names the message, the field and what came."""
-    wire = encode(message)
+    wire = message.to_wire()
     wire[name] = value
     with pytest.raises(ProtocolError, match=rf"{type(message).__name__} .* field '{name}' must be .* got "):
         decode(wire)

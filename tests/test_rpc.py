@@ -79,7 +79,8 @@ class Child:
 def _child(*peer_args: str, **options: Any) -> Iterator[Child]:
     with spawned("echo_peer.py", *peer_args) as (connection, process):
         target = ParentTarget()
-        endpoint = Endpoint(connection, target, name="parent", **options)
+        # The parent mostly calls, as the host does: its callers read their own replies.
+        endpoint = Endpoint(connection, target, name="parent", **{"callers_read": True, **options})
         try:
             endpoint.wait_peer(WAIT)
             yield Child(endpoint, process, target)
@@ -598,7 +599,7 @@ def raw_peer() -> Iterator[tuple[Connection, Endpoint]]:
 def pair() -> Iterator[tuple[Endpoint, Endpoint]]:
     """Two endpoints on the two ends of one in-process pipe."""
     left_end, right_end = Pipe()
-    left = Endpoint(left_end, Served(), name="left")
+    left = Endpoint(left_end, Served(), name="left", callers_read=True)  # calls, as the host does
     right = Endpoint(right_end, Served(), name="right")
     try:
         yield left, right
@@ -826,7 +827,7 @@ def test_one_way_sends_to_a_peer_that_stops_reading_stop_at_the_backlog_limit() 
         with pytest.raises(SidecarError):
             for _ in range(1000):
                 endpoint.notify("sink", chunk)
-                most = max(most, endpoint._backlog)
+                most = max(most, endpoint._writer._backlog)
         assert most <= limit + 2 * len(chunk)
     finally:
         endpoint.close()
@@ -884,7 +885,7 @@ def test_endpoint_without_target_refuses_calls(pair: tuple[Endpoint, Endpoint]) 
 def test_remote_timeout_error_is_not_mistaken_for_our_timeout(pair: tuple[Endpoint, Endpoint]) -> None:
     """A TimeoutError raised by the served method arrives as itself, not as CallTimeout."""
     left, right = pair
-    right._target = _RaisesTimeout()
+    right._server._target = _RaisesTimeout()
     with pytest.raises(TimeoutError, match="remote") as caught:
         left.call("wait", timeout=WAIT)
     assert not isinstance(caught.value, CallTimeout)

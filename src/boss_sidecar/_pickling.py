@@ -10,7 +10,8 @@ import pickle
 import traceback
 from typing import Any
 
-from boss_sidecar.errors import RemoteError
+from boss_sidecar._pending import _describe
+from boss_sidecar.errors import EncodeError, MessageTooLarge, RemoteError
 from boss_sidecar.protocol import Call, Error, Event, Message, Result, SetAttribute
 
 
@@ -36,6 +37,27 @@ def _dump_parts(obj: object) -> list[bytes]:
     parts: list[Any] = []
     pickle.Pickler(_Parts(parts), protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
     return [part if type(part) is bytes else bytes(part) for part in parts]
+
+
+def _encode(message: Message, name: str, limit: int) -> tuple[list[bytes], int]:
+    """The message pickled, as the parts to write, and its size; EncodeError or MessageTooLarge (over
+    ``limit`` bytes) naming what was wrong, ``name`` the endpoint's.
+
+    Events (samples, put batches, query replies: the bulk traffic) are pickled in parts, their
+    large payloads uncopied (see _dump_parts); other messages in one piece, which is quicker
+    for the small ones requests and replies mostly are."""
+    try:
+        wire = message.to_wire()
+        parts = _dump_parts(wire) if type(message) is Event else [_dumps(wire)]
+    except Exception as exc:
+        what = _describe(message)
+        raise EncodeError(f"{name}: {what}: {_which_unpicklable(message)} cannot be pickled: {exc}") from exc
+    size = sum(map(len, parts)) if len(parts) > 1 else len(parts[0])
+    if size > limit:
+        raise MessageTooLarge(
+            f"{name}: {_describe(message)}: message of {size} bytes exceeds the limit of {limit} bytes"
+        )
+    return parts, size
 
 
 def _travels(exc: BaseException) -> bool:

@@ -28,6 +28,7 @@ from boss_sidecar.sidecar import (
     _hosting_spec,
     _Request,
 )
+from boss_sidecar.worker_api import Op
 
 _D = TypeVar("_D", bound=Declaration)
 
@@ -50,7 +51,7 @@ class AsyncHostedObject(_HostedProxy):
 
     def _method(self, name: str) -> Callable[..., Any]:
         async def method(*args: Any, **kwargs: Any) -> Any:
-            return await self._sidecar._call("call_object", (self._obj_id, name, args, kwargs))
+            return await self._sidecar._call(Op.CALL_OBJECT, (self._obj_id, name, args, kwargs))
 
         return method
 
@@ -58,11 +59,11 @@ class AsyncHostedObject(_HostedProxy):
         raise TypeError(f"use 'await proxy.set_attribute({name!r}, value)' on an async hosted object")
 
     async def set_attribute(self, name: str, value: Any) -> None:
-        await self._sidecar._call("set_object_attribute", (self._obj_id, name, value))
+        await self._sidecar._call(Op.SET_OBJECT_ATTRIBUTE, (self._obj_id, name, value))
 
     async def close(self) -> None:
         self._sidecar._sync._hosted.pop(self._obj_id, None)
-        await self._sidecar._call("drop_object", (self._obj_id,))
+        await self._sidecar._call(Op.DROP_OBJECT, (self._obj_id,))
 
     def __repr__(self) -> str:
         return f"<hosted {self._class} #{self._obj_id} in sidecar {self._sidecar.name} (async)>"
@@ -119,7 +120,7 @@ class AsyncSidecar(SupervisedFacts):
 
     # ----------------------------------------------------------------- zenoh
     async def info(self, timeout: float | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self._run(_Request("info", (), timeout))
+        result: dict[str, Any] = await self._run(_Request(Op.INFO, (), timeout))
         return result
 
     async def put(self, key_expr: str, payload: bytes | str, **options: Any) -> None:
@@ -204,7 +205,7 @@ class AsyncSidecar(SupervisedFacts):
     async def host(self, classname: str | dict[str, Any], *args: Any, **kwargs: Any) -> AsyncHostedObject:
         """See Sidecar.host; the proxy's methods and attribute reads are awaitable."""
         obj_id, spec = _hosting_spec(classname, args, kwargs)
-        shape = await self._call("host_object", (obj_id, *spec))
+        shape = await self._call(Op.HOST_OBJECT, (obj_id, *spec))
         self._sync._hosted[obj_id] = spec
         return AsyncHostedObject(self, obj_id, shape)
 

@@ -52,6 +52,7 @@ class MultiprocessRPC:
             allow=_subclass_names(self, MultiprocessRPC),
             loop=loop,
             on_close=self._channel_closed,
+            callers_read=True,  # both ends call and serve: a caller reads its own reply (see Endpoint)
         )
 
     async def _communicate(self) -> None:

@@ -238,11 +238,6 @@ class UnknownMessageType(ProtocolError):
     """A well-formed dict of a type we do not know; receivers ignore it (BOSS does too)."""
 
 
-def encode(message: Message) -> dict[str, Any]:
-    """The wire dict of ``message``."""
-    return message.to_wire()
-
-
 _Field = tuple[str, Callable[[object], bool] | None, str]  # name, check (None: anything goes), expectation
 
 # _SPECS flattened for decode, which runs for every message received: checks that accept anything drop out.

@@ -35,6 +35,7 @@ from boss_sidecar.samples import ObjectRef, Query, QueryReply, Reply, Sample, Sa
 from boss_sidecar.states import SidecarState, StateChange
 from boss_sidecar.stopping import FLUSH_SHARE
 from boss_sidecar.supervisor import ProcessBackend, Supervisor
+from boss_sidecar.worker_api import DECLARE, HostApi, Op
 
 _log = structlog.get_logger("boss_sidecar")
 _ids = itertools.count(1)
@@ -131,7 +132,7 @@ class Declaration:
     closed: bool = field(default=False)
 
     def declare(self, endpoint: Endpoint, timeout: float | None = None) -> None:
-        endpoint.request(f"declare_{self.kind}", (self.decl_id, self.key_expr, *self.arguments), timeout=timeout)
+        endpoint.request(DECLARE[self.kind], (self.decl_id, self.key_expr, *self.arguments), timeout=timeout)
 
     def close(self) -> None:
         """Undeclare (best effort if the worker is gone) and end delivery; safe to call twice."""
@@ -140,7 +141,7 @@ class Declaration:
         self.closed = True
         self.sidecar._forget(self)
         with contextlib.suppress(SidecarError):
-            self.sidecar._call("undeclare", (self.decl_id,))
+            self.sidecar._call(Op.UNDECLARE, (self.decl_id,))
         if self.delivery is not None:
             self.delivery.close()
 
@@ -199,7 +200,7 @@ class _HostedProxy:
             method = self._method(name)
             method.__name__ = name
             return method
-        return self._sidecar._call("get_object_attribute", (self._obj_id, name))
+        return self._sidecar._call(Op.GET_OBJECT_ATTRIBUTE, (self._obj_id, name))
 
     def _method(self, name: str) -> Callable[..., Any]:
         raise NotImplementedError
@@ -213,23 +214,23 @@ class HostedObject(_HostedProxy):
 
     def _method(self, name: str) -> Callable[..., Any]:
         def method(*args: Any, **kwargs: Any) -> Any:
-            return self._sidecar._call("call_object", (self._obj_id, name, args, kwargs))
+            return self._sidecar._call(Op.CALL_OBJECT, (self._obj_id, name, args, kwargs))
 
         return method
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_"):
             raise AttributeError(f"cannot set private attribute {name!r} of a hosted object")
-        self._sidecar._call("set_object_attribute", (self._obj_id, name, value))
+        self._sidecar._call(Op.SET_OBJECT_ATTRIBUTE, (self._obj_id, name, value))
 
     def close(self) -> None:
         """Tear the object down in the worker and stop replaying it after restarts."""
         self._sidecar._hosted.pop(self._obj_id, None)
         with contextlib.suppress(SidecarError):
-            self._sidecar._call("drop_object", (self._obj_id,))
+            self._sidecar._call(Op.DROP_OBJECT, (self._obj_id,))
 
 
-class _HostServices:
+class _HostServices(HostApi):
     """What the worker may call in the host: deliveries, log records and reverse calls."""
 
     def __init__(self, sidecar: Sidecar) -> None:
@@ -411,7 +412,7 @@ class Sidecar(SupervisedFacts):
 
     def info(self, timeout: float | None = None) -> dict[str, Any]:
         """zid of the worker's session and the zids of its peers and routers."""
-        result: dict[str, Any] = self._run(_Request("info", (), timeout))
+        result: dict[str, Any] = self._run(_Request(Op.INFO, (), timeout))
         return result
 
     def _prepare(self, endpoint: Endpoint, deadline: float) -> None:
@@ -423,11 +424,11 @@ class Sidecar(SupervisedFacts):
                 raise CallTimeout("no time left to set the worker up")
             return seconds
 
-        endpoint.request("open_session", self._zenoh_source, timeout=left())
+        endpoint.request(Op.OPEN_SESSION, self._zenoh_source, timeout=left())
         for declaration in list(self._ledger.values()):
             declaration.declare(endpoint, left())
         for obj_id, spec in list(self._hosted.items()):
-            endpoint.request("host_object", (obj_id, *spec), timeout=left())
+            endpoint.request(Op.HOST_OBJECT, (obj_id, *spec), timeout=left())
 
     def _run(self, request: _Request) -> Any:
         result = self._call(request.method, request.args, request.timeout)
@@ -501,7 +502,7 @@ class Sidecar(SupervisedFacts):
                 raise CallTimeout(f"{self.name}: puts not sent within {seconds:g}s")
         self._settle_batches()
         try:
-            self._call("sync", (), seconds)  # the worker confirmed and reported every earlier batch before this
+            self._call(Op.SYNC, (), seconds)  # the worker confirmed and reported every earlier batch before this
         except SidecarError:
             self._settle_batches()
             self._raise_put_errors()
@@ -575,7 +576,7 @@ class Sidecar(SupervisedFacts):
                 self._flushing = True
                 self._put_cond.notify_all()
             try:
-                endpoint.notify("put_batch", batch, seq)
+                endpoint.notify(Op.PUT_BATCH, batch, seq)
             except SidecarError:
                 pass  # the channel ended: the batch is counted once it is settled
             finally:
@@ -632,7 +633,7 @@ class Sidecar(SupervisedFacts):
         timeout: float | None,
     ) -> _Request:
         options = _options(congestion_control=congestion_control, priority=priority, express=express)
-        return _Request("delete", (_check_key(key_expr, "delete"), options), timeout)
+        return _Request(Op.DELETE, (_check_key(key_expr, "delete"), options), timeout)
 
     def get(
         self,
@@ -675,7 +676,7 @@ class Sidecar(SupervisedFacts):
             attachment=attachment,
         )
         return _Request(
-            "get",
+            Op.GET,
             (selector, options or {}),
             timeout + self.policy.call_timeout,
             lambda replies: [Reply(*reply) for reply in replies],
@@ -719,7 +720,7 @@ class Sidecar(SupervisedFacts):
 
     def _liveliness_get_request(self, key_expr: str, timeout: float) -> _Request:
         key = _check_key(key_expr, "liveliness_get")
-        return _Request("liveliness_get", (key, timeout), timeout + self.policy.call_timeout)
+        return _Request(Op.LIVELINESS_GET, (key, timeout), timeout + self.policy.call_timeout)
 
     def _delivery(self, callback: Callable[[Any], Any] | None, key_expr: str) -> Delivery[Any]:
         name, limit = f"{self.name}:{key_expr}", self.policy.subscription_backlog
@@ -787,7 +788,7 @@ class Sidecar(SupervisedFacts):
             self._log.warning("queryable handler raised", key_expr=queryable.key_expr, error=repr(exc))
             replies, error = [], f"{type(exc).__name__}: {exc}".encode()
         with contextlib.suppress(SidecarError):
-            self._supervisor.endpoint(self.policy.call_timeout).notify("reply", query_id, replies, error)
+            self._supervisor.endpoint(self.policy.call_timeout).notify(Op.REPLY, query_id, replies, error)
 
     @staticmethod
     def _reply_to(queryable: Queryable, query: Query, payload: Any) -> QueryReply:
@@ -805,7 +806,7 @@ class Sidecar(SupervisedFacts):
         when the class takes one and the arguments do not). Replayed after each restart.
         """
         obj_id, spec = _hosting_spec(classname, args, kwargs)
-        shape = self._call("host_object", (obj_id, *spec))
+        shape = self._call(Op.HOST_OBJECT, (obj_id, *spec))
         self._hosted[obj_id] = spec
         return HostedObject(self, obj_id, shape)
 

@@ -339,6 +339,7 @@ class Supervisor:
             on_close=closed,
             default_timeout=self.policy.call_timeout,
             busy_wait=self.policy.busy_wait,
+            callers_read=True,  # the host mostly calls (its target only takes the worker's events)
         )
 
     # ----------------------------------------------------------------- calls

@@ -25,6 +25,7 @@ import structlog
 from boss_sidecar.rpc import DEFAULT_BUSY_WAIT, Endpoint
 from boss_sidecar.stopping import bounded, finish_worker
 from boss_sidecar.worker.service import WorkerService
+from boss_sidecar.worker_api import EventKind
 
 PR_SET_PDEATHSIG = 1
 PARENT_DEATH_SIGNAL = signal.SIGUSR2
@@ -48,7 +49,7 @@ class _LogForwarder:
         record = {key: _plain(value) for key, value in event_dict.items()}
         record.setdefault("level", method)
         record.update(self._stamp)  # stamped here: a late record must not borrow the next worker's pid
-        self._service._push("logs", record)
+        self._service._push(EventKind.LOGS, record)
         raise structlog.DropEvent
 
 
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         on_stop=lambda why: bounded(lambda: service.stop(why), args.stop_bound),
         on_close=lambda _error: done.set(),
         describe=service._describe_call,
+        dispatch=service._dispatch,
         callers_read=False,  # the worker mostly serves: its reader runs each call it reads
         busy_wait=args.busy_wait,
         start=False,

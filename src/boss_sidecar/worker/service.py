@@ -7,6 +7,7 @@ tuples, zenoh errors as ``ZenohError`` carrying zenoh's text.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
@@ -23,6 +24,7 @@ from boss_sidecar.protocol import Call
 from boss_sidecar.rpc import Endpoint
 from boss_sidecar.samples import ObjectRef, QueryReply, SampleRun, column
 from boss_sidecar.worker.forward import Forwarder, spans
+from boss_sidecar.worker_api import EventKind, HostOp, Op, WorkerApi
 
 _log = structlog.get_logger("boss_sidecar.worker")
 
@@ -179,7 +181,7 @@ class RemoteObject:
             raise AttributeError(name)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return self._endpoint.request("call_exported", (self._ref.ref_id, name, args, kwargs))
+            return self._endpoint.request(HostOp.CALL_EXPORTED, (self._ref.ref_id, name, args, kwargs))
 
         return call
 
@@ -187,7 +189,7 @@ class RemoteObject:
         return f"<RemoteObject {self._ref.type_name} #{self._ref.ref_id} in the host>"
 
 
-class WorkerService:
+class WorkerService(WorkerApi):
     """The object the worker's Endpoint serves to the host."""
 
     def __init__(self, name: str) -> None:
@@ -213,9 +215,9 @@ class WorkerService:
 
     def _convert(self, kind: str, items: list[Any]) -> list[Any]:
         """What travels to the host for a run of forwarded items of one kind (the forwarder's thread)."""
-        if kind in ("samples", "logs", "put_failed", "puts_done"):  # samples come as runs already (see _take_runs)
+        if kind in (EventKind.SAMPLES, EventKind.LOGS, EventKind.PUT_FAILED, EventKind.PUTS_DONE):  # runs already
             return items
-        if kind == "queries":
+        if kind == EventKind.QUERIES:
             converted = [(decl_id, query, _query_fields(query)) for decl_id, query in items]
             answerable = []
             for decl_id, query, fields in converted:  # kept only once all converted: none is orphaned
@@ -228,9 +230,9 @@ class WorkerService:
     @staticmethod
     def _weigh(kind: str, item: Any) -> int:
         """Payload bytes of a converted item, so the forwarder keeps messages small."""
-        if kind == "samples":
+        if kind == EventKind.SAMPLES:
             return sum(map(len, item[2]))
-        if kind == "queries" and item[5] is not None:
+        if kind == EventKind.QUERIES and item[5] is not None:
             return len(item[5])
         return 0
 
@@ -297,9 +299,9 @@ class WorkerService:
                     kwargs = converted[id(options)] = _qos(options)
                 session.put(key, payload, **kwargs)
             except Exception as exc:
-                self._push("put_failed", f"put {key!r}: {exc}")
+                self._push(EventKind.PUT_FAILED, f"put {key!r}: {exc}")
         if seq is not None:
-            self._push("puts_done", seq)
+            self._push(EventKind.PUTS_DONE, seq)
 
     def delete(self, key_expr: str, options: dict[str, Any] | None = None) -> None:
         session = self._require_session()
@@ -348,7 +350,7 @@ class WorkerService:
         push_many = self._forwarder.push_many
         try:
             while True:
-                push_many("samples", _take_runs(decl_id, channel))
+                push_many(EventKind.SAMPLES, _take_runs(decl_id, channel))
         except zenoh.ZError:  # undeclared, or the session closed: the channel is closed and empty
             return
 
@@ -356,7 +358,7 @@ class WorkerService:
         session = self._require_session()
 
         def on_query(query: Any) -> None:
-            self._push("queries", (decl_id, query))
+            self._push(EventKind.QUERIES, (decl_id, query))
 
         self._declare(
             decl_id,
@@ -373,7 +375,7 @@ class WorkerService:
 
         def on_sample(sample: Any) -> None:
             assert self._forwarder is not None
-            self._forwarder.push_many("samples", convert_samples(decl_id, [sample]))
+            self._forwarder.push_many(EventKind.SAMPLES, convert_samples(decl_id, [sample]))
 
         self._declare(
             decl_id,
@@ -453,7 +455,7 @@ class WorkerService:
 
     def _describe_call(self, call: Call) -> str | None:
         """How overdue reports name a call to a hosted object: its class and method, not ``call_object``."""
-        if call.method != "call_object" or len(call.args) < 2:
+        if call.method != Op.CALL_OBJECT or len(call.args) < 2:
             return None
         obj_id, method = call.args[0], call.args[1]
         instance = self._objects.get(obj_id) if isinstance(obj_id, int) else None
@@ -461,10 +463,20 @@ class WorkerService:
         return f"call {method!r} of {owner} (hosted #{obj_id})"
 
     def call_object(self, obj_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return self._bound(obj_id, method, args, kwargs)()
+
+    def _dispatch(self, call: Call) -> Callable[[], Any] | None:
+        """The endpoint's dispatch: a call to a hosted object goes straight to the object's method, looked
+        up once here, rather than to ``call_object`` first; None for the other operations."""
+        if call.method != Op.CALL_OBJECT:
+            return None
+        return self._bound(*call.args)
+
+    def _bound(self, obj_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[], Any]:
         function = getattr(self._hosted(obj_id, method), method)
         if not callable(function):
             raise TypeError(f"{method!r} is not callable")
-        return function(*self._resolve_refs(args), **kwargs)
+        return functools.partial(function, *self._resolve_refs(args), **kwargs)
 
     def get_object_attribute(self, obj_id: int, name: str) -> Any:
         return getattr(self._hosted(obj_id, name), name)
