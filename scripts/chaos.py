@@ -4,6 +4,10 @@ Usage: python scripts/chaos.py [--kills N] [--threads N] [--tasks N] [--max-gap 
 Exits 0 when every call ended with its own result or a SidecarError, none hung, the stream came
 back after every restart and no worker was left; prints the report either way. The CI-sized run
 is tests/test_faults_chaos.py.
+
+``--lifecycle N`` runs N rounds of restart() and stop() racing kills and Ctrl-C during stop()
+instead (``--actions`` picks some of them): never two workers at once, never FAILED, every
+interrupted stop finished by the next stop(), every call its own result or a SidecarError.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 def main() -> int:
     import logging
 
-    from peers.fault_chaos import ChaosSettings, run_chaos
+    from peers.fault_chaos import LIFECYCLE_ACTIONS, ChaosSettings, run_chaos, run_lifecycle_chaos
 
     logging.basicConfig(stream=sys.stderr, level=logging.ERROR)
 
@@ -32,7 +36,17 @@ def main() -> int:
     )
     parser.add_argument("--starting-kill-ratio", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--lifecycle", type=int, default=0, help="rounds of restart/stop/Ctrl-C racing kills")
+    parser.add_argument("--actions", nargs="+", choices=LIFECYCLE_ACTIONS, default=list(LIFECYCLE_ACTIONS))
     options = parser.parse_args()
+    if options.lifecycle:
+        lifecycle = run_lifecycle_chaos(options.lifecycle, options.seed, tuple(options.actions))
+        print(f"{sum(lifecycle.rounds.values())} of {options.lifecycle} rounds in {lifecycle.seconds:.1f}s: ")
+        print(f"  {dict(lifecycle.rounds)}")
+        print(f"most workers alive at once: {lifecycle.most_workers}; calls ok: {lifecycle.calls_ok}")
+        for problem in lifecycle.problems():
+            print("PROBLEM:", problem)
+        return 1 if lifecycle.problems() else 0
     settings = ChaosSettings(
         kills=options.kills,
         threads=options.threads,

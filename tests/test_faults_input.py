@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -313,6 +314,25 @@ def test_zenoh_configuration_that_cannot_be_used_is_refused_at_construction(tmp_
         Sidecar("fault-bad-zenoh", 7)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("name", ["-m", "--fd", "-", "--", "--name=x y"])
+def test_sidecar_names_that_look_like_options_are_only_names(name: str) -> None:
+    """A name beginning with '-' reaches the worker as its name, never as an option: the sidecar serves."""
+    sidecar = Sidecar(name, peer_config()).start()
+    try:
+        assert sidecar.host(ECHO).echo(name) == name
+        assert sidecar.pid is not None and psutil.Process(sidecar.pid).cmdline()[-2:] == ["--", name]
+        assert sidecar.info()["zid"]
+    finally:
+        sidecar.stop()
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "line\nbreak", "\x1b[2J", "\ud800"])
+def test_sidecar_names_no_process_can_carry_are_refused_at_construction(name: str) -> None:
+    """NUL and other control characters, or text that cannot be encoded: ConfigError from Sidecar(...)."""
+    with pytest.raises(ConfigError, match=r"sidecar name"):
+        Sidecar(name, peer_config())
+
+
 # ----------------------------------------------------------------- the launcher's configuration
 def _toml(value: Any) -> str:
     if isinstance(value, dict):
@@ -372,12 +392,16 @@ def test_endless_or_negative_waits_are_refused_in_a_launcher_file_and_by_sidecar
 
 # ----------------------------------------------------------------- the fault list itself
 FAULT_TEST_FILES = [
+    "test_faults_callbacks.py",
     "test_faults_chaos.py",
     "test_faults_embedding.py",
     "test_faults_hangs.py",
     "test_faults_host_death.py",
     "test_faults_input.py",
+    "test_faults_puts.py",
+    "test_faults_races.py",
     "test_security.py",
+    "test_testing.py",
 ]
 
 

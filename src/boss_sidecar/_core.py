@@ -15,9 +15,12 @@ import functools
 import itertools
 import logging
 import operator
+import os
+import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
+from boss_sidecar.delivery import CallbackDelivery, Delivery, QueueDelivery
 from boss_sidecar.errors import CallTimeout, ConfigError, SidecarError
 from boss_sidecar.logs import get_logger
 from boss_sidecar.policy import SidecarPolicy
@@ -25,9 +28,6 @@ from boss_sidecar.rpc import Endpoint
 from boss_sidecar.samples import ObjectRef, Query, QueryReply, Reply, SampleRun, normalise_payload, samples_of
 from boss_sidecar.supervisor import ProcessBackend, Supervisor
 from boss_sidecar.worker_api import HostApi, Op
-
-if TYPE_CHECKING:
-    from boss_sidecar.delivery import Delivery
 
 _log = get_logger("boss_sidecar.sidecar")
 ids = itertools.count(1)
@@ -59,6 +59,19 @@ class Declared(Protocol):
 
 
 _D = TypeVar("_D", bound=Declared)
+
+
+def check_name(name: object) -> str:
+    """A sidecar's name: any text a command line and a log can carry (it is never read as an option)."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"sidecar name must be a non-empty str, got {name!r}")
+    if any(ord(char) < 32 or ord(char) == 127 for char in name):
+        raise ConfigError(f"sidecar name must not contain NUL or other control characters, got {name!r}")
+    try:
+        os.fsencode(name)
+    except UnicodeError:
+        raise ConfigError(f"sidecar name cannot be passed to a process (not encodable), got {name!r}") from None
+    return name
 
 
 def check_key(key_expr: object, what: str) -> str:
@@ -100,6 +113,7 @@ class SidecarCore:
         backend: ProcessBackend | None,
         check_puts: Callable[[], None],
         put_failed: Callable[[list[str]], None],
+        puts_done: Callable[[int], None],
     ) -> None:
         self.name = name
         self.policy = policy
@@ -111,26 +125,54 @@ class SidecarCore:
         self._cleanups: set[asyncio.Future[None]] = set()
         self._log = _log.bind(sidecar=name)
         self.supervisor = Supervisor(
-            name, policy, target=_HostServices(self, put_failed), prepare=self.prepare, backend=backend
+            name,
+            policy,
+            target=_HostServices(self, put_failed, puts_done),
+            prepare=self.prepare,
+            backend=backend,
+            host_health=self.deliveries_health,
         )
 
-    def prepare(self, endpoint: Endpoint) -> None:
-        """Make a new worker ready: open its session, declare the ledger, host the objects again."""
-        timeout = self.policy.start_timeout
-        endpoint.request(Op.OPEN_SESSION, self._zenoh_source, timeout=timeout)
-        for declaration in list(self.ledger.values()):
-            declaration.declare(endpoint, timeout)
-        for obj_id, spec in list(self.hosted.items()):
-            endpoint.request(Op.HOST_OBJECT, (obj_id, *spec), timeout=timeout)
+    def prepare(self, endpoint: Endpoint, deadline: float) -> None:
+        """Make a new worker ready by ``deadline``: open its session, declare the ledger, host the objects again."""
 
-    def end_declarations(self) -> None:
-        """The sidecar stopped: every declaration ends (iterators finish), nothing is replayed."""
+        def left() -> float:
+            seconds = deadline - time.monotonic()
+            if seconds <= 0:
+                raise CallTimeout("no time left to set the worker up")
+            return seconds
+
+        endpoint.request(Op.OPEN_SESSION, self._zenoh_source, timeout=left())
+        for declaration in list(self.ledger.values()):
+            declaration.declare(endpoint, left())
+        for obj_id, spec in list(self.hosted.items()):
+            endpoint.request(Op.HOST_OBJECT, (obj_id, *spec), timeout=left())
+
+    def end_declarations(self, deadline: float) -> None:
+        """The sidecar stopped: every declaration ends (iterators finish), nothing is replayed.
+        Deliveries get until ``deadline`` together to finish: a stuck callback is left behind, not waited for."""
         ledger, self.ledger = self.ledger, {}
         self.hosted.clear()
+        deliveries = [declaration.delivery for declaration in ledger.values() if declaration.delivery is not None]
         for declaration in ledger.values():
             declaration.closed = True
-            if declaration.delivery is not None:
-                declaration.delivery.close()
+        for delivery in deliveries:
+            delivery.close(wait=False)
+        for delivery in deliveries:
+            delivery.join(max(0.0, deadline - time.monotonic()))
+
+    def deliveries_health(self) -> tuple[tuple[str, ...], int]:
+        """Stuck callbacks and dropped items of this sidecar's deliveries, for health()."""
+        deliveries = [declaration.delivery for declaration in list(self.ledger.values())]
+        stuck = tuple(
+            why for delivery in deliveries if isinstance(delivery, CallbackDelivery) and (why := delivery.stuck())
+        )
+        dropped = sum(
+            delivery.backlog.dropped
+            for delivery in deliveries
+            if isinstance(delivery, CallbackDelivery | QueueDelivery)
+        )
+        return stuck, dropped
 
     # ----------------------------------------------------------------- running requests
     def call(self, method: str, args: tuple[Any, ...] = (), timeout: float | None = None) -> Any:
@@ -331,12 +373,19 @@ def _reply_to(key_expr: str, query: Query, payload: Any) -> QueryReply:
 class _HostServices(HostApi):
     """What the worker may call in the host: deliveries, log records and reverse calls."""
 
-    def __init__(self, core: SidecarCore, put_failed: Callable[[list[str]], None]) -> None:
+    def __init__(
+        self, core: SidecarCore, put_failed: Callable[[list[str]], None], puts_done: Callable[[int], None]
+    ) -> None:
         self._core = core
         self._put_failed = put_failed
+        self._puts_done = puts_done
 
     def put_failed(self, errors: list[str]) -> None:
         self._put_failed(errors)
+
+    def puts_done(self, seqs: list[int]) -> None:
+        """The worker handed these batches (and all before them) to zenoh."""
+        self._puts_done(max(seqs))
 
     def samples(self, runs: list[SampleRun]) -> None:
         """Consecutive runs of one declaration go to its delivery as one hand-off: the worker sends

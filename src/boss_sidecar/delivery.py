@@ -1,7 +1,8 @@
 """Getting samples and queries to user code off the channel's I/O thread, in order.
 
 The reader thread only enqueues (``put`` never blocks); a delivery hands items to user code on
-its own thread, to an iterator, or to an asyncio loop. A slow callback stalls only itself.
+its own thread, to an iterator, or to an asyncio loop. A slow callback stalls only itself, and
+what waits for it is bounded (the policy's ``subscription_backlog``); a stuck one is reported.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import inspect
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -32,8 +34,11 @@ class Delivery(Generic[T]):
         for item in items:
             self.put(item)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         raise NotImplementedError
+
+    def join(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) until the items queued before ``close`` were handed over."""
 
 
 class _Many(Generic[T]):
@@ -45,49 +50,123 @@ class _Many(Generic[T]):
         self.items = items
 
 
-class CallbackDelivery(Delivery[T]):
-    """Runs ``callback(item)`` on a dedicated thread, in arrival order; errors are logged."""
+class Backlog:
+    """Counts items waiting for user code; beyond ``limit`` new ones are dropped, counted and logged.
 
-    def __init__(self, callback: Callable[[T], Any], name: str) -> None:
+    The newest are dropped, not the oldest: what is queued stays in order, and a reader that catches
+    up sees a gap rather than a reordering. One warning per episode of dropping.
+    """
+
+    def __init__(self, limit: int, name: str) -> None:
+        self.limit = limit
+        self.name = name
+        self.waiting = 0
+        self.dropped = 0
+        self._dropping = False
+        self._lock = threading.Lock()
+
+    def admit(self, count: int) -> int:
+        """How many of ``count`` new items fit (the first ones); the rest are dropped."""
+        with self._lock:
+            taken = max(0, min(count, self.limit - self.waiting))
+            self.waiting += taken
+            lost = count - taken
+            warn = lost > 0 and not self._dropping
+            self._dropping = lost > 0
+            self.dropped += lost
+        if warn:
+            _log.warning("backlog full: dropping new items", delivery=self.name, limit=self.limit)
+        return taken
+
+    def done(self, count: int) -> None:
+        with self._lock:
+            self.waiting -= count
+
+
+class CallbackDelivery(Delivery[T]):
+    """Runs ``callback(item)`` on a dedicated thread, in arrival order; errors are logged.
+
+    At most ``limit`` items wait (see Backlog). A callback running longer than ``stuck_after``
+    seconds is reported by ``stuck()`` (shown in health()) and logged once when more items arrive.
+    """
+
+    def __init__(
+        self, callback: Callable[[T], Any], name: str, *, limit: int = 100_000, stuck_after: float = 10.0
+    ) -> None:
         self._callback = callback
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._name = name
+        self.backlog = Backlog(limit, name)
+        self._stuck_after = stuck_after
+        self._busy_since: float | None = None
+        self._warned_since: float | None = None
         self._thread = threading.Thread(target=self._run, name=f"deliver-{name}", daemon=True)
         self._thread.start()
 
     def put(self, item: T) -> None:
-        self._queue.put(item)
+        self.put_many([item])
 
     def put_many(self, items: list[T]) -> None:
-        self._queue.put(_Many(items))  # one hand-off (and one wake-up) for the lot
+        taken = self.backlog.admit(len(items))
+        if taken:
+            self._queue.put(_Many(items if taken == len(items) else items[:taken]))  # one hand-off for the lot
+        self._warn_if_stuck()
 
-    def close(self) -> None:
+    def stuck(self) -> str | None:
+        """Why this delivery is stuck (its callback has run longer than ``stuck_after``), or None."""
+        since = self._busy_since
+        if since is None:
+            return None
+        running = time.monotonic() - since
+        if running < self._stuck_after:
+            return None
+        return f"callback of {self._name} running {running:.1f}s ({self.backlog.waiting} items waiting)"
+
+    def _warn_if_stuck(self) -> None:
+        since = self._busy_since
+        if since is not None and since != self._warned_since and (why := self.stuck()) is not None:
+            self._warned_since = since
+            _log.warning("callback stuck", delivery=self._name, detail=why)
+
+    def close(self, wait: bool = True) -> None:
         self._queue.put(_CLOSED)
+        if wait:
+            self.join(1.0)
+
+    def join(self, timeout: float) -> None:
         if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=1.0)
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         callback = self._callback
         while (queued := self._queue.get()) is not _CLOSED:
-            for item in queued.items if type(queued) is _Many else (queued,):
+            for item in queued.items:
+                self._busy_since = time.monotonic()
                 try:
                     callback(item)
                 except Exception:
                     _log.exception("callback failed", delivery=self._name)
+            self._busy_since = None
+            self.backlog.done(len(queued.items))
 
 
 class QueueDelivery(Delivery[T]):
-    """Keeps items for the user to take: ``recv(timeout)`` or ``for item in delivery``."""
+    """Keeps items for the user to take: ``recv(timeout)`` or ``for item in delivery``; at most
+    ``limit`` wait (see Backlog)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, limit: int = 100_000, name: str = "queue") -> None:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._closed = False
+        self.backlog = Backlog(limit, name)
 
     def put(self, item: T) -> None:
-        self._queue.put(item)
+        if self.backlog.admit(1):
+            self._queue.put(item)
 
-    def close(self) -> None:
-        self._closed = True
+    def put_many(self, items: list[T]) -> None:
+        for item in items[: self.backlog.admit(len(items))]:
+            self._queue.put(item)
+
+    def close(self, wait: bool = True) -> None:
         self._queue.put(_CLOSED)
 
     def recv(self, timeout: float | None = None) -> T:
@@ -96,6 +175,7 @@ class QueueDelivery(Delivery[T]):
         if item is _CLOSED:
             self._queue.put(_CLOSED)  # keep telling later readers
             raise EOFError("delivery closed")
+        self.backlog.done(1)
         return item  # type: ignore[no-any-return]
 
     def __iter__(self) -> Iterator[T]:
@@ -129,7 +209,7 @@ class AsyncDelivery(Delivery[T]):
         for item in items:
             self._queue.put_nowait(item)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._queue.put_nowait, _CLOSED)
 

@@ -31,6 +31,17 @@ class SidecarUnavailable(SidecarError):
     """The sidecar is stopped, failed (gave up restarting), or the endpoint was closed locally."""
 
 
+class PutsUnconfirmed(SidecarError):
+    """Puts handed to a worker that ended before confirming them: each may or may not be published.
+
+    ``count`` is exactly how many; puts the host had not handed over yet go to the next worker.
+    """
+
+    def __init__(self, message: str, count: int) -> None:
+        super().__init__(message)
+        self.count = count
+
+
 class ConfigError(SidecarError, ValueError):
     """A configuration value is invalid; the text names the file, table and field where known."""
 

@@ -30,9 +30,16 @@ class Health:
     open_fds: int | None
     heartbeat_rtt: float | None
     heartbeat_age: float | None
+    stuck_callbacks: tuple[str, ...] = ()
+    """Host callbacks running longer than the policy's ``stuck_callback_after`` (the worker is fine)."""
+    dropped_samples: int = 0
+    """Samples and queries dropped because a subscription's backlog was full (``subscription_backlog``)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON types (lists, not tuples), so the dict survives a JSON round trip unchanged."""
+        values = dataclasses.asdict(self)
+        values["stuck_callbacks"] = list(self.stuck_callbacks)
+        return values
 
 
 @dataclass(frozen=True, slots=True)

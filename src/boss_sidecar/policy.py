@@ -37,7 +37,9 @@ class SidecarPolicy:
     """Every option a sidecar is supervised by; ``Sidecar(name, **options)`` fills it."""
 
     restart: str = "on-failure"
-    """never | on-failure | always: when a worker that exited is started again."""
+    """never | on-failure | always: when a worker that exited is started again. As systemd's on-failure,
+    on-failure leaves a worker that exited 0 or was terminated by a SIGTERM from outside stopped: someone
+    asked it to go. A start or replay that fails (or times out) is a failure under the policy too."""
     max_restarts: int = 5
     """Restart intensity: more than this many restarts within ``restart_window`` means FAILED."""
     restart_window: float = 60.0
@@ -59,6 +61,11 @@ class SidecarPolicy:
     """How long CPU use must stay above ``max_cpu_percent`` before the worker is restarted."""
     put_buffer: int = 100_000
     """Puts queued in the host at most; a put beyond waits (up to ``call_timeout``) for room."""
+    subscription_backlog: int = 100_000
+    """Samples (or queries) waiting for one subscription's callback or iterator at most; beyond, new
+    ones are dropped, counted in ``health().dropped_samples`` and logged (the queued ones stay in order)."""
+    stuck_callback_after: float = 10.0
+    """A callback running longer than this is reported in ``health().stuck_callbacks`` and logged."""
     log_level: str = "info"
     busy_wait: float = DEFAULT_BUSY_WAIT
     """Seconds a thread waiting for the peer's next message polls before it sleeps (both sides); 0: never.
@@ -75,7 +82,7 @@ class SidecarPolicy:
             if spec.name in ("restart", "log_level") or (value is None and spec.name in _OPTIONAL):
                 continue
             _check_number(spec.name, value)
-        for name in ("max_restarts", "put_buffer"):
+        for name in ("max_restarts", "put_buffer", "subscription_backlog"):
             if not isinstance(getattr(self, name), int):
                 raise ConfigError(f"{name} must be a whole number, got {getattr(self, name)!r}")
         if self.busy_wait > MAX_BUSY_WAIT:

@@ -8,31 +8,40 @@ flusher thread sends whatever piled up as one message, so a put costs no round t
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
+import itertools
 import json
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from boss_sidecar._core import Request, SidecarCore, check_key, ids, options, shared_put_options
+from boss_sidecar._core import Request, SidecarCore, check_key, check_name, ids, options, shared_put_options
 from boss_sidecar.delivery import CallbackDelivery, Delivery, QueueDelivery
-from boss_sidecar.errors import CallTimeout, ConfigError, SidecarError, SidecarUnavailable
+from boss_sidecar.errors import CallTimeout, ConfigError, PutsUnconfirmed, SidecarError, SidecarUnavailable
 from boss_sidecar.health import Health
 from boss_sidecar.hosted import HostedObject
+from boss_sidecar.logs import get_logger
 from boss_sidecar.policy import SidecarPolicy
 from boss_sidecar.rpc import Endpoint
 from boss_sidecar.samples import ObjectRef, Query, Reply, Sample, normalise_payload
 from boss_sidecar.states import SidecarState, StateChange
+from boss_sidecar.stopping import FLUSH_SHARE
 from boss_sidecar.supervisor import ProcessBackend, Supervisor
 from boss_sidecar.worker_api import DECLARE, Op
 
+_log = get_logger("boss_sidecar.sidecar")
 _live: weakref.WeakSet[Sidecar] = weakref.WeakSet()
 MAX_PUT_BATCH_BYTES = 8 * 1024 * 1024
+MAX_BATCHES_IN_FLIGHT = 4
+"""Put batches sent and not yet confirmed at most: enough to keep the worker busy while the next one
+travels, few enough that a worker that freezes holds only these; the rest wait for the next worker."""
 
 
 def zenoh_config_source(config: dict[str, Any] | str | os.PathLike[str] | None) -> tuple[str, str | None]:
@@ -54,6 +63,14 @@ def zenoh_config_source(config: dict[str, Any] | str | os.PathLike[str] | None) 
 
 # The put path reads these names; they live in the shared core.
 _check_key, _options, _shared_put_options = check_key, options, shared_put_options
+
+
+class _Batch(NamedTuple):
+    """Puts sent to a worker and not yet confirmed by it."""
+
+    endpoint: Endpoint
+    seq: int
+    puts: int
 
 
 @dataclass(eq=False)
@@ -167,32 +184,42 @@ class Sidecar(SupervisedFacts):
         backend: ProcessBackend | None = None,
         **policy: Any,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"sidecar name must be a non-empty str, got {name!r}")
-        self.name = name
+        self.name = check_name(name)
         self.policy = SidecarPolicy.from_options(policy)
         self._put_errors: list[str] = []
+        self._unconfirmed = 0  # puts handed to a worker that ended before confirming them
+        self._in_flight: collections.deque[_Batch] = collections.deque()  # sent, not yet confirmed
+        self._batch_numbers = itertools.count(1)
         self._puts: list[tuple[str, bytes, dict[str, Any] | None]] = []
         self._puts_size = 0
         self._put_cond = threading.Condition()
         self._flusher: threading.Thread | None = None
         self._flushing = False
         self._closing = False
+        self._log = _log.bind(sidecar=name)
         self.core = SidecarCore(
             name,
             self.policy,
             zenoh_config_source(zenoh),
             backend=backend,
             check_puts=self._raise_put_errors,
-            put_failed=self._put_errors.extend,
+            put_failed=self._put_failed,
+            puts_done=self._confirm_batches,
         )
         """What Sidecar and AsyncSidecar share (internal: not a stable API)."""
         self._supervisor = self.core.supervisor
+        # A worker ended: its unconfirmed batches are counted before the next call can run.
+        self._supervisor.on_state_change(lambda _change: self._settle_batches())
         _live.add(self)
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> Sidecar:
-        """Start the worker and wait until it is ready (session open, ledger replayed)."""
+        """Start the worker and wait until it is ready (session open, ledger replayed).
+
+        After a stop() that was interrupted (Ctrl-C), this finishes that stop first.
+        """
+        if self._supervisor.state == SidecarState.STOPPING:
+            self.stop()
         self._closing = False
         self._supervisor.start()
         if self._flusher is None or not self._flusher.is_alive():
@@ -204,17 +231,20 @@ class Sidecar(SupervisedFacts):
         """Stop within ``timeout`` (default: the policy's stop_timeout), escalating as needed.
 
         Pending puts are sent first, declarations undeclared and the zenoh session closed by the
-        worker; if it does not exit in time it gets SIGTERM, then SIGKILL. Always returns in time.
+        worker; if it does not exit in time it gets SIGTERM, then SIGKILL. Always returns in time,
+        whatever user callbacks do; after an interrupted stop (Ctrl-C) a second one finishes it.
+        The sequence and its shares of the time: ``boss_sidecar.stopping``.
         """
         seconds = self.policy.stop_timeout if timeout is None else timeout
+        deadline = time.monotonic() + seconds
         if self._supervisor.state == SidecarState.RUNNING:
             with contextlib.suppress(SidecarError):
-                self.flush(timeout=seconds * 0.25)
+                self.flush(timeout=seconds * FLUSH_SHARE)
         self._closing = True
         with self._put_cond:
             self._put_cond.notify_all()
-        self._supervisor.stop(seconds * 0.75 if self._supervisor.state == SidecarState.RUNNING else seconds)
-        self.core.end_declarations()  # iterators finish; restart() keeps the declarations instead
+        self._supervisor.stop(max(0.0, deadline - time.monotonic()))
+        self.core.end_declarations(deadline)  # iterators finish; restart() keeps the declarations instead
 
     def _rpc_stop(self) -> None:
         """BOSS's name: ask the worker to undeclare everything, close zenoh and exit 0."""
@@ -295,40 +325,115 @@ class Sidecar(SupervisedFacts):
                 self._put_cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until every earlier put reached the worker and ran; raise the first put error."""
+        """Wait until every earlier put reached the worker and ran; raise the first put error.
+
+        ``PutsUnconfirmed`` says exactly how many puts went to a worker that ended before
+        confirming them (each may or may not have been published); puts not yet handed over when
+        a worker ended go to the next one, in order.
+        """
         seconds = self.policy.call_timeout if timeout is None else timeout
         with self._put_cond:
             if not self._put_cond.wait_for(lambda: not self._puts and not self._flushing, timeout=seconds):
                 raise CallTimeout(f"{self.name}: puts not sent within {seconds:g}s")
-        self._call(Op.SYNC, (), seconds)
-        self._raise_put_errors()  # the worker reported them before it answered the sync
+        self._settle_batches()
+        try:
+            self._call(Op.SYNC, (), seconds)  # the worker confirmed and reported every earlier batch before this
+        except SidecarError:
+            self._settle_batches()
+            self._raise_put_errors()
+            raise
+        self._raise_put_errors()
 
     def _raise_put_errors(self) -> None:
-        if self._put_errors:
-            # Copy, then delete that many: the reader thread may append meanwhile; nothing is lost.
-            errors = self._put_errors[:]
-            del self._put_errors[: len(errors)]
-            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-            raise SidecarError(f"{self.name}: {errors[0]}{more}")
+        if not self._put_errors and not self._unconfirmed:
+            return
+        with self._put_cond:  # the flusher and the reader thread add to these
+            errors, self._put_errors = self._put_errors, []
+            unconfirmed, self._unconfirmed = self._unconfirmed, 0
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        if unconfirmed:
+            also = f"; also: {errors[0]}{more}" if errors else ""
+            raise PutsUnconfirmed(
+                f"{self.name}: {unconfirmed} puts went to a worker that ended before confirming them "
+                f"(each may or may not have been published){also}",
+                unconfirmed,
+            )
+        raise SidecarError(f"{self.name}: {errors[0]}{more}")
+
+    def _confirm_batches(self, seq: int) -> None:
+        with self._put_cond:
+            while self._in_flight and self._in_flight[0].seq <= seq:
+                self._in_flight.popleft()
+            self._put_cond.notify_all()
+
+    def _settle_batches(self) -> None:
+        """Count the puts of batches whose worker's channel ended before it confirmed them.
+
+        The channel delivers the worker's confirmations in order before its end, so once it is
+        closed, a batch still here will never be confirmed.
+        """
+        with self._put_cond:
+            while self._in_flight and self._in_flight[0].endpoint.is_closed:
+                lost = self._in_flight.popleft()
+                self._unconfirmed += lost.puts
+                self._log.warning("puts unconfirmed", count=lost.puts)
+            self._put_cond.notify_all()
 
     def _flush_loop(self) -> None:
-        """Send queued puts as batches; while one batch is on the wire the next one grows."""
+        """Send queued puts as batches (events, so one goes out while the worker runs the last).
+
+        A batch is taken only once a running worker is there, so puts wait in the host through a
+        restart and go to the next worker in order. The worker confirms each batch once zenoh has it;
+        a batch whose worker ended before confirming it is counted (``PutsUnconfirmed``), never resent:
+        it may have been published already.
+        """
         while True:
             with self._put_cond:
                 self._put_cond.wait_for(lambda: bool(self._puts) or self._closing)
                 if not self._puts and self._closing:
                     return
+                # Confirmations and a worker's end (settled on the state change) wake this; bounded anyway.
+                if not self._put_cond.wait_for(
+                    lambda: len(self._in_flight) < MAX_BATCHES_IN_FLIGHT or self._closing, self.policy.call_timeout
+                ):
+                    continue
+            try:
+                endpoint = self._supervisor.endpoint(self.policy.call_timeout)
+            except CallTimeout:
+                continue  # still restarting: the puts stay queued (put() waits when the buffer is full)
+            except SidecarError as exc:
+                self._drop_queued(exc)
+                continue
+            with self._put_cond:
                 batch = self._take_batch()
+                seq = next(self._batch_numbers)
+                self._in_flight.append(_Batch(endpoint, seq, len(batch)))
                 self._flushing = True
                 self._put_cond.notify_all()
             try:
-                self._supervisor.endpoint(self.policy.call_timeout).notify(Op.PUT_BATCH, batch)
-            except SidecarError as exc:
-                self._put_errors.append(f"{len(batch)} puts lost: {exc}")
+                endpoint.notify(Op.PUT_BATCH, batch, seq)
+            except SidecarError:
+                pass  # the channel ended: the batch is counted once it is settled
             finally:
                 with self._put_cond:
                     self._flushing = False
                     self._put_cond.notify_all()
+            if endpoint.is_closed:
+                self._settle_batches()
+
+    def _drop_queued(self, error: SidecarError) -> None:
+        """The sidecar stopped or failed: queued puts have nowhere to go; say so, never silently."""
+        with self._put_cond:
+            dropped, self._puts, self._puts_size = len(self._puts), [], 0
+            if dropped:
+                self._put_errors.append(f"{dropped} puts not sent: {error}")
+            self._put_cond.notify_all()
+        if dropped:
+            self._log.warning("puts not sent", count=dropped, error=str(error))
+
+    def _put_failed(self, errors: list[str]) -> None:
+        with self._put_cond:  # the reader thread reports them; the flusher adds its own
+            self._put_errors.extend(errors)
 
     def _take_batch(self) -> list[tuple[str, bytes, dict[str, Any] | None]]:
         if self._puts_size <= MAX_PUT_BATCH_BYTES:
@@ -405,7 +510,7 @@ class Sidecar(SupervisedFacts):
             else:
                 self.core.send_answer(key, query_id, query, result, None)
 
-        delivery = CallbackDelivery(answer, f"{self.name}:{key_expr}")
+        delivery = self._delivery(answer, key_expr)
         return self.core.declare(Queryable(self.core, "queryable", next(ids), key, (complete,), delivery))
 
     def liveliness_token(self, key_expr: str) -> LivelinessToken:
@@ -427,10 +532,13 @@ class Sidecar(SupervisedFacts):
         callback: Callable[[Sample], Any] | None,
     ) -> _D:
         key = check_key(key_expr, kind)
-        delivery: Delivery[Sample] = (
-            QueueDelivery() if callback is None else CallbackDelivery(callback, f"{self.name}:{key_expr}")
-        )
-        return cls(self.core, kind, next(ids), key, arguments, delivery)
+        return cls(self.core, kind, next(ids), key, arguments, self._delivery(callback, key_expr))
+
+    def _delivery(self, callback: Callable[[Any], Any] | None, key_expr: str) -> Delivery[Any]:
+        name, limit = f"{self.name}:{key_expr}", self.policy.subscription_backlog
+        if callback is None:
+            return QueueDelivery(limit=limit, name=name)
+        return CallbackDelivery(callback, name, limit=limit, stuck_after=self.policy.stuck_callback_after)
 
     # ----------------------------------------------------------------- hosted objects
     def host(self, classname: str | dict[str, Any], *args: Any, **kwargs: Any) -> HostedObject:

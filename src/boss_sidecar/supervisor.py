@@ -28,6 +28,7 @@ from boss_sidecar.logs import get_logger
 from boss_sidecar.policy import SidecarPolicy
 from boss_sidecar.rpc import Endpoint
 from boss_sidecar.states import ACTIVE_STATES, SidecarState, StateChange, StateMachine
+from boss_sidecar.stopping import WORKER_STOP_SHARE, describe_exit, terminate
 
 S = SidecarState
 _log = get_logger("boss_sidecar.supervisor")
@@ -61,16 +62,6 @@ def worker_environment() -> dict[str, str]:
     return env
 
 
-def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "still running"
-    if returncode < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-returncode).name}"
-        return f"killed by signal {-returncode}"
-    return f"exited with code {returncode}"
-
-
 @dataclass
 class Incarnation:
     """One worker process and its channel; a restart makes a new one."""
@@ -89,11 +80,28 @@ class Incarnation:
     log: Any = field(default=None)
 
 
+@dataclass(frozen=True)
+class _RestartRequest:
+    reason: str
+    stop_timeout: float
+
+
+class _Superseded(SidecarUnavailable):
+    """A start or restart cut short by stop(): its worker is killed; not a failure of the sidecar."""
+
+
 class Supervisor:
     """Runs and restarts the worker of one sidecar.
 
     ``target`` is the host object the worker may call (samples, logs, reverse calls);
-    ``prepare(endpoint)`` runs on every new worker before it counts as RUNNING (session, replay).
+    ``prepare(endpoint, deadline)`` runs on every new worker before it counts as RUNNING (session,
+    replay), within the monotonic ``deadline``.
+
+    One worker at a time, whatever the interleaving: ``_spawn`` is the only place a worker is born,
+    one spawn at a time, only once the previous worker is gone, and only for the current *run*.
+    ``start()`` and ``stop()`` begin a new run; threads and launches of an older run stand down.
+    Within a run only the monitor thread replaces workers (after a death or for ``restart()``),
+    so two restarts never overlap and every state change of a run comes from one thread.
     """
 
     def __init__(
@@ -102,13 +110,16 @@ class Supervisor:
         policy: SidecarPolicy,
         *,
         target: object,
-        prepare: Callable[[Endpoint], None],
+        prepare: Callable[[Endpoint, float], None],
         backend: ProcessBackend | None = None,
+        host_health: Callable[[], tuple[tuple[str, ...], int]] | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
         self._target = target
         self._prepare = prepare
+        self._host_health = host_health
+        """The host side's part of health(): stuck callbacks and dropped samples."""
         self._backend = backend or ProcessBackend()
         self._log = _log.bind(sidecar=name)
         self._machine = StateMachine(self._log)
@@ -119,7 +130,14 @@ class Supervisor:
         self._consecutive_failures = 0
         self._restarts = 0
         self._last_exit: str | None = None
-        self._stopping = False
+        self._run = 0
+        """Bumped by start() and stop(): a thread or launch of an older run does nothing more."""
+        self._spawning = False
+        self._restart_wanted: _RestartRequest | None = None
+        self._last_failure: tuple[int, str] | None = None
+        """(incarnation, reason) of the last launch that failed, for restart() to report."""
+        self._stoppers = 0
+        """stop() calls running now; STOPPING with none means an interrupted stop (start() finishes it)."""
         self._restart_hooks: list[Callable[[int, str], None]] = []
         self._monitor: threading.Thread | None = None
         self._heartbeat: threading.Thread | None = None
@@ -164,31 +182,69 @@ class Supervisor:
 
     # ----------------------------------------------------------------- start
     def start(self) -> None:
-        """Start the worker and wait until it is ready; raises (and FAILED) if it cannot start."""
+        """Start the worker and wait until it is ready; raises (and FAILED) if it cannot start.
+
+        After an interrupted stop() (still STOPPING, no stop() running) it finishes that stop first.
+        """
+        with self._cond:
+            self._cond.wait_for(lambda: self.state != S.STOPPING or self._stoppers == 0, self.policy.stop_timeout)
+            unfinished_stop = self.state == S.STOPPING and self._stoppers == 0
+        if unfinished_stop:
+            self.stop()
         with self._cond:
             if self.state in ACTIVE_STATES:
                 return
             if self.state == S.STOPPING:
                 raise SidecarUnavailable(f"{self.name} is stopping")
-            self._stopping = False
+            self._run += 1
+            run = self._run
+            self._restart_wanted = None
             self._restart_times.clear()
             self._consecutive_failures = 0
             self._machine.change(S.STARTING, "start requested")
         try:
-            self._launch()
-        except BaseException as exc:
-            self._fail_unless_stopping(f"start failed: {exc}")
+            self._launch(run)
+        except _Superseded:
             raise
-        self._monitor = threading.Thread(target=self._monitor_loop, name=f"{self.name}-monitor", daemon=True)
-        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True)
+        except BaseException as exc:
+            self._fail_in_run(run, f"start failed: {exc}")
+            raise
+        self._monitor = threading.Thread(
+            target=self._monitor_loop, args=(run,), name=f"{self.name}-monitor", daemon=True
+        )
+        self._heartbeat = threading.Thread(
+            target=self._heartbeat_loop, args=(run,), name=f"{self.name}-heartbeat", daemon=True
+        )
         self._monitor.start()
         self._heartbeat.start()
 
-    def _launch(self, after: str | None = None) -> None:
-        """Spawn a worker, wait for its hello, let ``prepare`` set it up, then RUNNING.
+    def _spawn(self, run: int) -> Incarnation:
+        """The only place a worker is born: one spawn at a time, never beside a live worker, never
+        for a run that stop() ended (a worker born just as stop() came is killed at once)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: not self._spawning or run != self._run, self.policy.start_timeout):
+                raise CallTimeout(f"{self.name}: an earlier worker start did not finish")
+            self._check_run(run)
+            self._spawning = True
+            previous = self._current
+        incarnation: Incarnation | None = None
+        try:
+            if previous is not None:
+                self._ensure_gone(previous)
+            incarnation = self._new_incarnation()
+        finally:
+            with self._cond:
+                self._spawning = False
+                if incarnation is not None:
+                    self._current = incarnation
+                self._cond.notify_all()
+        if run != self._run:
+            incarnation.exit_expected = True
+            self._kill_now(incarnation)
+            self._check_run(run)
+        return incarnation
 
-        ``after`` is why the previous worker was replaced; RUNNING's reason keeps it for health().
-        """
+    def _new_incarnation(self) -> Incarnation:
         parent_end, child_end = multiprocessing.Pipe(duplex=True)
         self._incarnations += 1
         number = self._incarnations
@@ -198,49 +254,77 @@ class Supervisor:
             "boss_sidecar.worker",
             "--fd",
             str(child_end.fileno()),
-            "--name",
-            self.name,
             "--parent-pid",
             str(os.getpid()),
             "--log-level",
             self.policy.log_level,
             "--stop-bound",
-            f"{self.policy.stop_timeout * 0.5:.3f}",
+            f"{self.policy.stop_timeout * WORKER_STOP_SHARE:.3f}",
             "--incarnation",
             str(number),
             "--busy-wait",
             repr(self.policy.busy_wait),
+            "--",  # what follows is the name, never read as an option, whatever it looks like
+            self.name,
         ]
         started = self._backend.now()
         try:
             process = self._backend.spawn(command, child_end.fileno(), worker_environment())
+        except BaseException:
+            parent_end.close()
+            raise
         finally:
             child_end.close()
         log = self._log.bind(worker_pid=process.pid, incarnation=number)
         endpoint = self._make_endpoint(parent_end, number)
-        incarnation = Incarnation(number, process, endpoint, started, ProcessProbe(process.pid), log=log)
-        with self._cond:
-            self._current = incarnation
-            self._cond.notify_all()
-        deadline = started + self.policy.start_timeout
+        return Incarnation(number, process, endpoint, started, ProcessProbe(process.pid), log=log)
+
+    def _ensure_gone(self, previous: Incarnation) -> None:
+        """One worker at a time: the previous one must be gone (killed now if a stop ran out of time)."""
+        if previous.process.poll() is None:
+            previous.exit_expected = True
+            self._backend.kill(previous.process, signal.SIGKILL)
+            try:
+                previous.process.wait(timeout=self.policy.stop_timeout)
+            except subprocess.TimeoutExpired:
+                raise SidecarError(
+                    f"{self.name}: worker {previous.process.pid} outlived SIGKILL; not starting a second one"
+                ) from None
+        previous.endpoint.close("worker replaced")
+
+    def _launch(self, run: int, after: str | None = None) -> None:
+        """Spawn a worker, wait for its hello, let ``prepare`` set it up, then RUNNING.
+
+        ``after`` is why the previous worker was replaced; RUNNING's reason keeps it for health().
+        """
+        incarnation = self._spawn(run)
+        deadline = incarnation.started + self.policy.start_timeout
         try:
-            endpoint.wait_peer(self.policy.start_timeout)
-            if self._stopping:
-                raise SidecarUnavailable(f"{self.name} was stopped while starting")
-            self._prepare(endpoint)
+            incarnation.endpoint.wait_peer(self.policy.start_timeout)
+            self._check_run(run)
+            self._prepare(incarnation.endpoint, deadline)
             if self._backend.now() > deadline:
-                raise CallTimeout(f"{self.name}: worker not ready within {self.policy.start_timeout:g}s")
-        except BaseException:
+                raise CallTimeout("deadline passed")
+        except BaseException as exc:
             incarnation.exit_expected = True
             self._kill_now(incarnation)
+            self._check_run(run)
+            if isinstance(exc, CallTimeout):  # a hello, session or replay step that hung: name the bound
+                raise CallTimeout(
+                    f"{self.name}: worker not ready within {self.policy.start_timeout:g}s ({exc})"
+                ) from exc
             raise
+        pid = incarnation.process.pid
         with self._cond:
-            if self._stopping:
-                raise SidecarUnavailable(f"{self.name} was stopped while starting")
+            self._check_run(run)
             incarnation.ready_at = time.monotonic()
-            ready = f"worker {process.pid} ready (incarnation {number})"
+            ready = f"worker {pid} ready (incarnation {incarnation.number})"
             self._machine.change(S.RUNNING, ready if after is None else f"{ready}, restarted after: {after}")
-        log.info("worker ready", seconds=round(self._backend.now() - started, 3))
+        incarnation.log.info("worker ready", seconds=round(self._backend.now() - incarnation.started, 3))
+
+    def _check_run(self, run: int) -> None:
+        if run != self._run:
+            raise _Superseded(f"{self.name} was stopped while starting")
 
     def _make_endpoint(self, connection: Connection, number: int) -> Endpoint:
         def closed(_error: SidecarError) -> None:
@@ -278,18 +362,26 @@ class Supervisor:
                 self._cond.wait(remaining)
 
     # ----------------------------------------------------------------- failures and restarts
-    def _monitor_loop(self) -> None:
-        """Wait for the current worker's channel to end; then reap it and apply the restart policy."""
+    def _monitor_loop(self, run: int) -> None:
+        """The one thread that replaces workers in a run: after a death, or when restart() asks."""
         while True:
             with self._cond:
-                while not self._stopping and not self._current_ended():
+                while run == self._run and self._restart_wanted is None and not self._current_ended():
                     self._cond.wait()
-                if self._stopping:
+                if run != self._run:
                     return
                 incarnation = self._current
-            assert incarnation is not None
-            self._reap(incarnation)
-            if not self._recover(incarnation):
+                assert incarnation is not None  # a run begins with a worker
+                wanted, self._restart_wanted = self._restart_wanted, None
+                if wanted is not None:  # still RUNNING: within a run only this thread changes the state
+                    incarnation.exit_expected = True
+                    self._machine.change(S.STARTING, wanted.reason)
+            if wanted is not None:
+                self._terminate(incarnation, time.monotonic() + wanted.stop_timeout)
+                carry_on = self._replace(run, wanted.reason, requested=True)
+            else:
+                carry_on = self._recover(run, incarnation)
+            if not carry_on:
                 return
 
     def _current_ended(self) -> bool:
@@ -304,55 +396,83 @@ class Supervisor:
             self._backend.kill(incarnation.process, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 incarnation.process.wait(timeout=1.0)
-        self._last_exit = describe_exit(incarnation.process.returncode)
+        # The host sends SIGTERM only while it stops a worker, and never reaps such a worker here.
+        self._last_exit = describe_exit(incarnation.process.returncode, sigterm_sent=False)
         if incarnation.kill_reason is not None:
             self._last_exit += f" ({incarnation.kill_reason})"
         incarnation.exit_expected = True
 
-    def _recover(self, incarnation: Incarnation) -> bool:
-        """Restart per policy; False when supervision ends (stopped, failed or clean exit)."""
+    def _recover(self, run: int, incarnation: Incarnation) -> bool:
+        """After a worker died: restart per policy; False when supervision ends (stopped, failed, clean exit).
+
+        A clean end is exit status 0 or SIGTERM from outside (as systemd's ``Restart=on-failure``
+        counts a SIGTERM as clean): someone asked that worker to go, and on-failure does not fight them.
+        """
+        self._reap(incarnation)
         reason = incarnation.kill_reason or f"worker {self._last_exit}"
-        clean = incarnation.kill_reason is None and incarnation.process.returncode == 0
+        code = incarnation.process.returncode
+        clean = incarnation.kill_reason is None and code in (0, -signal.SIGTERM)
         if self._backend.now() - incarnation.started > self.policy.restart_window:
             self._consecutive_failures = 0  # it ran stably: the next restart is immediate again
         incarnation.log.warning("worker ended", reason=reason)
         with self._cond:
-            if self._stopping:
+            if run != self._run:
                 return False
             if self.policy.restart == "never" or (clean and self.policy.restart == "on-failure"):
                 final = S.STOPPED if clean else S.FAILED
                 self._machine.change(final, f"{reason}; restart policy is {self.policy.restart}")
                 return False
+        return self._replace(run, reason)
+
+    def _replace(self, run: int, reason: str, *, requested: bool = False) -> bool:
+        """Start workers until one is ready, under the policy's backoff and intensity limit.
+
+        A requested restart makes its first attempt at once (state STARTING already); every further
+        attempt, and every attempt after a death, counts towards ``max_restarts``. A replay that
+        times out is a failed attempt like any other.
+        """
+        attempt_now = requested
         while True:
-            now = self._backend.now()
-            window = self.policy.restart_window
-            while self._restart_times and now - self._restart_times[0] > window:
-                self._restart_times.popleft()
-            with self._cond:
-                if self._stopping:
-                    return False
-                if len(self._restart_times) >= self.policy.max_restarts:
-                    self._machine.change(
-                        S.FAILED,
-                        f"gave up: {len(self._restart_times)} restarts within {window:g}s; last: {reason}",
-                    )
-                    return False
-                self._consecutive_failures += 1
-                delay = self.policy.backoff(self._consecutive_failures, random.uniform(-1, 1))
-                self._machine.change(S.BACKOFF, f"{reason}; restarting in {delay:.2f}s")
-                self._cond.wait_for(lambda: self._stopping, timeout=delay)
-                if self._stopping:
-                    return False
-                self._restart_times.append(self._backend.now())
-                self._machine.change(S.STARTING, f"restart after: {reason}")
+            if not attempt_now and not self._wait_backoff(run, reason):
+                return False
+            attempt_now = False
             try:
-                self._launch(after=reason)
+                self._launch(run, after=reason)
             except Exception as exc:
+                if run != self._run:
+                    return False
                 reason = f"restart failed: {exc}"
+                with self._cond:
+                    self._last_failure = (self._incarnations, reason)
+                    self._cond.notify_all()
                 continue
             self._restarts += 1
             self._run_restart_hooks(reason)
             return True
+
+    def _wait_backoff(self, run: int, reason: str) -> bool:
+        """BACKOFF for the policy's delay, then STARTING; False (and FAILED) past the intensity limit."""
+        now = self._backend.now()
+        window = self.policy.restart_window
+        while self._restart_times and now - self._restart_times[0] > window:
+            self._restart_times.popleft()
+        with self._cond:
+            if run != self._run:
+                return False
+            if len(self._restart_times) >= self.policy.max_restarts:
+                self._machine.change(
+                    S.FAILED, f"gave up: {len(self._restart_times)} restarts within {window:g}s; last: {reason}"
+                )
+                return False
+            self._consecutive_failures += 1
+            delay = self.policy.backoff(self._consecutive_failures, random.uniform(-1, 1))
+            self._machine.change(S.BACKOFF, f"{reason}; restarting in {delay:.2f}s")
+            self._cond.wait_for(lambda: run != self._run, timeout=delay)
+            if run != self._run:
+                return False
+            self._restart_times.append(self._backend.now())
+            self._machine.change(S.STARTING, f"restart after: {reason}")
+        return True
 
     def _run_restart_hooks(self, reason: str) -> None:
         for hook in list(self._restart_hooks):
@@ -375,12 +495,12 @@ class Supervisor:
         incarnation.endpoint.close("worker killed")
 
     # ----------------------------------------------------------------- heartbeats and limits
-    def _heartbeat_loop(self) -> None:
+    def _heartbeat_loop(self, run: int) -> None:
         policy = self.policy
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._stopping, timeout=policy.heartbeat_interval)
-                if self._stopping:
+                self._cond.wait_for(lambda: run != self._run, timeout=policy.heartbeat_interval)
+                if run != self._run:
                     return
                 incarnation = self._current
                 running = self.state == S.RUNNING
@@ -421,85 +541,87 @@ class Supervisor:
                 )
 
     # ----------------------------------------------------------------- stop and restart
-    def request_stop(self, timeout: float | None = None) -> None:
-        """BOSS's ``_rpc_stop``: ask the worker to release zenoh and exit 0 (no escalation)."""
-        current = self._current
-        if current is None or current.endpoint.is_closed:
-            return
-        current.exit_expected = True
-        with contextlib.suppress(SidecarError):
-            current.endpoint.request_stop("stop requested by host", timeout=timeout)
-
     def stop(self, timeout: float | None = None) -> None:
-        """Stop the worker within ``timeout``: ask politely, then SIGTERM, then SIGKILL."""
+        """Stop the worker within ``timeout``: ask politely, then SIGTERM, then SIGKILL (see stopping.py).
+
+        Safe to call again after it was interrupted (Ctrl-C): the second call finishes the job.
+        """
         seconds = self.policy.stop_timeout if timeout is None else timeout
         deadline = time.monotonic() + seconds
         with self._cond:
-            if self.state in (S.STOPPED, S.STOPPING):
+            if self.state == S.STOPPED:
                 return
-            self._stopping = True
-            self._machine.change(S.STOPPING, "stop requested")
-            current = self._current
-        if current is not None and self.owned_by_this_process:
-            self._terminate(current, deadline)
-        for thread in (self._monitor, self._heartbeat):
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
-        self._machine.change(S.STOPPED, "stopped")
+            self._run += 1  # every thread and launch of the earlier run stands down
+            self._restart_wanted = None
+            self._cond.notify_all()
+            if self.state != S.STOPPING:
+                self._machine.change(S.STOPPING, "stop requested")
+            self._stoppers += 1
+        try:
+            with self._cond:  # a worker being born now is stopped too: wait for its birth (bounded)
+                self._cond.wait_for(lambda: not self._spawning, max(0.0, deadline - time.monotonic()))
+                current = self._current
+                threads = (self._monitor, self._heartbeat)
+            if current is not None and self.owned_by_this_process:
+                self._terminate(current, deadline)
+            for thread in threads:
+                if thread is not None and thread is not threading.current_thread():
+                    thread.join(max(0.0, deadline - time.monotonic()))
+        finally:
+            with self._cond:
+                self._stoppers -= 1
+                self._cond.notify_all()
+        with self._cond:
+            if self.state == S.STOPPING:
+                self._machine.change(S.STOPPED, "stopped")
 
     def restart(self, reason: str = "restart requested", timeout: float | None = None) -> None:
-        """Replace the worker now (stop it within ``timeout``, start a new one)."""
+        """Replace the worker now (stop it within ``timeout``, start a new one) and wait until it is ready.
+
+        While the worker is already being replaced (after a death), this waits for that restart
+        instead of starting another. If the new worker's first start fails, this raises that failure
+        while the restart policy goes on (backoff, more attempts, FAILED past the intensity limit).
+        """
         seconds = self.policy.stop_timeout if timeout is None else timeout
         with self._cond:
-            current = self._current
-            if self.state != S.RUNNING or current is None:
-                raise SidecarUnavailable(f"{self.name} is {self.state}: cannot restart")
-            current.exit_expected = True
-            self._machine.change(S.STARTING, reason)
-        self._terminate(current, time.monotonic() + seconds)
-        try:
-            self._launch(after=reason)
-        except BaseException as exc:
-            self._fail_unless_stopping(f"restart failed: {exc}")
-            raise
-        self._restarts += 1
-        self._run_restart_hooks(reason)
+            seen = self._incarnations
+            state = self.state
+            if state == S.RUNNING:
+                self._restart_wanted = _RestartRequest(reason, seconds)
+                self._cond.notify_all()
+            elif state not in (S.STARTING, S.BACKOFF):
+                raise SidecarUnavailable(f"{self.name} is {state}: cannot restart")
+            need_newer = state == S.RUNNING
+            bound = seconds + self.policy.start_timeout + self.policy.backoff_max
 
-    def _fail_unless_stopping(self, reason: str) -> None:
-        """FAILED after a start or restart that did not work, unless a stop() cut it short (then STOPPING)."""
+            def settled() -> bool:
+                failure = self._last_failure
+                return (
+                    (self.state == S.RUNNING and (self._incarnations > seen or not need_newer))
+                    or self.state not in ACTIVE_STATES
+                    or (failure is not None and failure[0] > seen)
+                )
+
+            if not self._cond.wait_for(settled, bound):
+                raise CallTimeout(f"{self.name} not running again within {bound:g}s (state {self.state})")
+            if self.state == S.RUNNING:
+                return
+            failure = self._last_failure
+            if failure is not None and failure[0] > seen:
+                raise SidecarError(f"{self.name}: {failure[1]}")
+            raise SidecarUnavailable(f"{self.name} is {self.state}: {self.reason}")
+
+    def _fail_in_run(self, run: int, reason: str) -> None:
+        """FAILED after a start that did not work, unless a stop() cut it short."""
         with self._cond:
-            if not self._stopping:
+            if run == self._run and self.state in ACTIVE_STATES:
                 self._machine.change(S.FAILED, reason)
 
     def _terminate(self, incarnation: Incarnation, deadline: float) -> None:
-        """Escalate inside the deadline: stop request, SIGTERM, SIGKILL. Always returns in time."""
         incarnation.exit_expected = True
-        process, log = incarnation.process, incarnation.log
-
-        def remaining(share: float) -> float:
-            return max(0.0, (deadline - time.monotonic()) * share)
-
-        def exited(within: float) -> bool:
-            try:
-                process.wait(timeout=within)
-            except subprocess.TimeoutExpired:
-                return False
-            return True
-
-        if process.returncode is None and not incarnation.endpoint.is_closed:
-            polite = remaining(0.5)
-            with contextlib.suppress(SidecarError):
-                incarnation.endpoint.request_stop("stop requested by host", timeout=polite)
-        if not exited(remaining(0.5)):
-            log.warning("worker did not stop when asked; sending SIGTERM")
-            self._backend.kill(process, signal.SIGTERM)
-            if not exited(remaining(0.5)):
-                log.warning("worker ignored SIGTERM; sending SIGKILL")
-                self._backend.kill(process, signal.SIGKILL)
-                exited(max(0.05, remaining(1.0)))
-        self._last_exit = describe_exit(process.returncode)
-        log.info("worker stopped", exit=self._last_exit)
-        incarnation.endpoint.close("worker stopped")
+        terminate(incarnation.process, incarnation.endpoint, deadline, self._backend, incarnation.log)
+        self._last_exit = describe_exit(incarnation.process.returncode)
+        incarnation.log.info("worker stopped", exit=self._last_exit)
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop the parent's channel without touching the parent's worker."""
@@ -519,6 +641,7 @@ class Supervisor:
         if current is not None and current.heartbeat_at is not None:
             heartbeat_age = now - current.heartbeat_at
         overdue = self._heartbeat_overdue(current, now) if state == S.RUNNING and alive else None
+        stuck, dropped = self._host_health() if self._host_health is not None else ((), 0)
         return Health(
             name=self.name,
             state=str(state),
@@ -535,6 +658,8 @@ class Supervisor:
             open_fds=reading.open_fds if reading else None,
             heartbeat_rtt=current.heartbeat_rtt if current is not None else None,
             heartbeat_age=heartbeat_age,
+            stuck_callbacks=stuck,
+            dropped_samples=dropped,
         )
 
     def _heartbeat_overdue(self, current: Incarnation | None, now: float) -> str | None:

@@ -13,7 +13,10 @@ from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
-_NO_SCOUTING: dict[str, Any] = {"multicast": {"enabled": False}, "gossip": {"enabled": False}}
+
+def _no_scouting() -> dict[str, Any]:
+    """Built afresh for every configuration: a caller changing one must not change the next."""
+    return {"multicast": {"enabled": False}, "gossip": {"enabled": False}}
 
 
 def wait_until(
@@ -48,7 +51,7 @@ def peer_config(listen_port: int | None = None, connect_ports: tuple[int, ...] =
     config: dict[str, Any] = {
         "mode": "peer",
         "listen": {"endpoints": [f"tcp/127.0.0.1:{port}"]},
-        "scouting": dict(_NO_SCOUTING),
+        "scouting": _no_scouting(),
     }
     if connect_ports:
         config["connect"] = {"endpoints": [f"tcp/127.0.0.1:{p}" for p in connect_ports]}
@@ -57,7 +60,7 @@ def peer_config(listen_port: int | None = None, connect_ports: tuple[int, ...] =
 
 def router_config(port: int) -> dict[str, Any]:
     """A router listening on 127.0.0.1:``port`` (a Python session can be the router; no zenohd needed)."""
-    return {"mode": "router", "listen": {"endpoints": [f"tcp/127.0.0.1:{port}"]}, "scouting": dict(_NO_SCOUTING)}
+    return {"mode": "router", "listen": {"endpoints": [f"tcp/127.0.0.1:{port}"]}, "scouting": _no_scouting()}
 
 
 def client_config(router_port: int) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any
 
 from boss_sidecar import AsyncSidecar, Sample, Sidecar, SidecarError, SidecarState
 from boss_sidecar.testing import free_port, peer_config
-from peers.fault_support import RestartWatch, worker_gone, workers_of
+from peers.fault_support import BOUND, CtrlCAtSigterm, RestartWatch, worker_gone, workers_of
 
 ECHO = "peers.fault_objects:FaultEcho"
 STREAM = "fault/chaos/stream"
@@ -296,3 +296,199 @@ async def run_chaos(settings: ChaosSettings) -> ChaosReport:
     )
     run.report.seconds = time.monotonic() - started
     return run.report
+
+
+# ----------------------------------------------------------------- lifecycle chaos
+LIFECYCLE_NAME = "fault-lifecycle"
+LIFECYCLE_ACTIONS = (
+    "restart-after-kill",
+    "restart-as-channel-breaks",
+    "restart-during-restart",
+    "stop-after-kill",
+    "ctrl-c-in-stop",
+)
+
+
+@dataclass
+class LifecycleReport:
+    """What ``run_lifecycle_chaos`` saw; ``problems()`` is empty when every promise held."""
+
+    rounds: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Action name -> rounds done."""
+    most_workers: int = 0
+    """The most workers of the sidecar seen alive at one moment (sampled all along; must stay 1)."""
+    failed: list[str] = field(default_factory=list)
+    """Reasons of FAILED states reached (must stay empty: the policy allows every restart here)."""
+    unfinished_stops: int = 0
+    """Interrupted stops that a second stop() did not finish (must stay 0)."""
+    calls_ok: int = 0
+    wrong_calls: list[str] = field(default_factory=list)
+    """Calls that got another call's result or an exception that is not a SidecarError."""
+    leftover_workers: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.most_workers > 1:
+            found.append(f"{self.most_workers} workers alive at once")
+        if self.failed:
+            found.append(f"went FAILED: {self.failed[:3]}")
+        if self.unfinished_stops:
+            found.append(f"{self.unfinished_stops} interrupted stops not finished by a second stop()")
+        if self.wrong_calls:
+            found.append(f"wrong call outcomes: {self.wrong_calls[:3]}")
+        if self.leftover_workers:
+            found.append(f"workers left running: {self.leftover_workers}")
+        return found
+
+
+def _watch_workers(report: LifecycleReport, done: threading.Event) -> None:
+    while not done.wait(0.005):
+        report.most_workers = max(report.most_workers, len(workers_of(LIFECYCLE_NAME)))
+
+
+class _Echo:
+    """The hosted echo the caller uses; stop() ends hosted objects, so each start() hosts a new one.
+    ``generation`` changes before a stop: a LookupError from an echo of an earlier generation is expected."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.echo: Any = None
+
+    def retire(self) -> None:
+        self.generation += 1
+        self.echo = None
+
+    def host_on(self, sidecar: Sidecar) -> None:
+        self.echo = sidecar.host(ECHO)
+
+
+def _lifecycle_caller(echo: _Echo, report: LifecycleReport, done: threading.Event, lock: threading.Lock) -> None:
+    number = 0
+    while not done.is_set():
+        number += 1
+        generation, proxy = echo.generation, echo.echo
+        if proxy is None:
+            done.wait(0.01)
+            continue
+        try:
+            result = proxy.echo(number)
+        except SidecarError:
+            done.wait(0.01)
+            continue
+        except Exception as exc:
+            if not (isinstance(exc, LookupError) and generation != echo.generation):
+                with lock:
+                    report.wrong_calls.append(f"{type(exc).__name__}: {exc}")
+            continue
+        with lock:
+            if result == number:
+                report.calls_ok += 1
+            else:
+                report.wrong_calls.append(f"sent {number}, got {result!r}")
+
+
+def _restart_quietly(sidecar: Sidecar) -> None:
+    """restart(), where a SidecarError is allowed (the policy restarts anyway)."""
+    with contextlib.suppress(SidecarError):
+        sidecar.restart()
+
+
+def _kill(sidecar: Sidecar) -> None:
+    pid = sidecar.pid
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _lifecycle_round(
+    sidecar: Sidecar, backend: CtrlCAtSigterm, echo: _Echo, action: str, report: LifecycleReport
+) -> None:
+    """One action racing a kill (or a Ctrl-C), then back to RUNNING; every wait bounded."""
+    if action == "restart-after-kill":
+        _kill(sidecar)
+        _restart_quietly(sidecar)
+    elif action == "restart-as-channel-breaks":  # the worker lives on a moment while the monitor collects it
+        with contextlib.suppress(SidecarError):
+            sidecar.host(ECHO).break_channel()
+        _restart_quietly(sidecar)
+    elif action == "restart-during-restart":
+        racer = threading.Thread(target=_restart_quietly, args=(sidecar,), daemon=True)
+        racer.start()
+        _kill(sidecar)
+        _restart_quietly(sidecar)
+        racer.join(BOUND)
+    elif action == "stop-after-kill":
+        echo.retire()
+        _kill(sidecar)
+        sidecar.stop(timeout=5)
+        sidecar.start()
+        echo.host_on(sidecar)
+    else:
+        echo.retire()
+        pid = sidecar.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        backend.armed = True
+        with contextlib.suppress(KeyboardInterrupt):
+            sidecar.stop(timeout=1.0)
+        backend.armed = False
+        sidecar.stop(timeout=5)
+        if sidecar.state != SidecarState.STOPPED:
+            report.unfinished_stops += 1
+            raise AssertionError(f"an interrupted stop was left {sidecar.state}")
+        sidecar.start()
+        echo.host_on(sidecar)
+    _bounded_poll(lambda: sidecar.state in (SidecarState.RUNNING, SidecarState.FAILED), BOUND)
+    if sidecar.state == SidecarState.FAILED:
+        report.failed.append(sidecar.health().reason)
+        raise AssertionError(f"FAILED: {sidecar.health().reason}")
+    report.rounds[action] += 1
+
+
+def run_lifecycle_chaos(
+    rounds: int, seed: int | None = None, actions: tuple[str, ...] = LIFECYCLE_ACTIONS
+) -> LifecycleReport:
+    """``rounds`` random actions racing kills: restart() right after a kill, two restarts racing a kill,
+    stop() right after a kill, Ctrl-C during stop() of a frozen worker; a thread calls throughout and a
+    watcher counts live workers. Stops at the first broken promise (the report says which)."""
+    rng = random.Random(seed)
+    report = LifecycleReport()
+    started = time.monotonic()
+    backend = CtrlCAtSigterm()
+    sidecar = Sidecar(
+        LIFECYCLE_NAME,
+        peer_config(free_port()),  # a fixed port: a second worker at once could not listen
+        backend=backend,
+        max_restarts=rounds * 4 + 10,
+        restart_window=3600.0,
+        backoff_initial=0.0,
+        heartbeat_interval=0.5,
+    )
+    done, lock = threading.Event(), threading.Lock()
+    helpers = [
+        threading.Thread(target=_watch_workers, args=(report, done), daemon=True),
+    ]
+    try:
+        sidecar.start()
+        echo = _Echo()
+        echo.host_on(sidecar)
+        helpers.append(threading.Thread(target=_lifecycle_caller, args=(echo, report, done, lock), daemon=True))
+        for helper in helpers:
+            helper.start()
+        for _ in range(rounds):
+            try:
+                _lifecycle_round(sidecar, backend, echo, rng.choice(actions), report)
+            except (AssertionError, SidecarError) as exc:
+                if not report.failed and not report.unfinished_stops:
+                    report.failed.append(f"{type(exc).__name__}: {exc}")
+                break
+    finally:
+        done.set()
+        for helper in helpers:
+            helper.join(BOUND)
+        sidecar.stop(timeout=10)
+    report.leftover_workers = workers_of(LIFECYCLE_NAME)
+    report.seconds = time.monotonic() - started
+    return report

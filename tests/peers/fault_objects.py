@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 import threading
 import types
@@ -76,6 +77,13 @@ class FaultEcho:
     def peek_secret(self) -> str:
         return self._secret
 
+    def break_channel(self) -> None:
+        """Shut the worker's channel down (the host sees it end) while this worker lives on a moment."""
+        fd = int(sys.argv[sys.argv.index("--fd") + 1])
+        with socket.socket(fileno=os.dup(fd)) as channel:
+            channel.shutdown(socket.SHUT_RDWR)
+        threading.Event().wait(0.5)  # still alive while the host notices: the race window, held open
+
     def call_host(self, ref: Any, method: str) -> Any:
         """Ask the host to run ``method`` of the exported object behind ``ref``, by the raw request."""
         return ref._endpoint.request("call_exported", (ref._ref.ref_id, method, (), {}))
@@ -101,3 +109,15 @@ class AsksBeforeStarting:
 
     def ready(self) -> bool:
         return True
+
+
+class HangsWhileMarked:
+    """Its ``__init__`` blocks "forever" while the file ``marker`` exists: a replay that hangs."""
+
+    def __init__(self, marker: str) -> None:
+        while os.path.exists(marker):
+            threading.Event().wait(0.05)  # the worker is killed long before FOREVER
+        self.marker = marker
+
+    def echo(self, value: Any) -> Any:
+        return value

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import signal
+import subprocess
 import threading
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import psutil
+
+from boss_sidecar.supervisor import ProcessBackend
 
 BOUND = 20.0
 """No wait in the fault tests is longer than this (well under pytest-timeout)."""
@@ -73,3 +78,35 @@ def workers_started_by(host_pid: int) -> list[int]:
     return live_workers(
         lambda process: dict(itertools.pairwise(process.cmdline())).get("--parent-pid") == str(host_pid)
     )
+
+
+class Numbers:
+    """A subscription callback keeping the numbers its samples carry, in arrival order; ``wait_for`` one
+    to be the latest (bounded). For the put-loss test and ``scripts/put_loss.py``."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self._changed = threading.Condition()
+
+    def __call__(self, sample: Any) -> None:
+        with self._changed:
+            self.seen.append(int(sample.payload))
+            self._changed.notify_all()
+
+    def wait_for(self, number: int, timeout: float = BOUND) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: number in self.seen[-1:], timeout)
+
+
+class CtrlCAtSigterm(ProcessBackend):
+    """Spawns workers as usual; when ``armed``, raises KeyboardInterrupt in stop() right after it sent
+    SIGTERM (a Ctrl-C arriving while stop() escalates), once."""
+
+    def __init__(self) -> None:
+        self.armed = False
+
+    def kill(self, process: subprocess.Popen[bytes], signum: int) -> None:
+        super().kill(process, signum)
+        if signum == signal.SIGTERM and self.armed:
+            self.armed = False
+            raise KeyboardInterrupt

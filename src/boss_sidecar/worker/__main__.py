@@ -14,7 +14,6 @@ import ctypes
 import logging
 import os
 import signal
-import sys
 import threading
 import traceback
 from collections.abc import MutableMapping
@@ -26,18 +25,15 @@ import structlog
 
 from boss_sidecar.logs import get_logger, record_fields
 from boss_sidecar.rpc import DEFAULT_BUSY_WAIT, Endpoint
+from boss_sidecar.stopping import bounded, finish_worker
 from boss_sidecar.worker.service import WorkerService
 from boss_sidecar.worker_api import EventKind
 
 PR_SET_PDEATHSIG = 1
 PARENT_DEATH_SIGNAL = signal.SIGUSR2
-SHUTDOWN_BOUND = 0.6  # seconds for clean-up after the host died: the worker must be gone within 1 s
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 MALLOC_MMAP_THRESHOLD = 4 * 1024 * 1024
 MALLOC_TRIM_THRESHOLD = 32 * 1024 * 1024
-EXIT_CHANNEL_LOST = 3
-"""Exit status when the channel ended without a stop request or SIGTERM: a failure, so a living host
-restarts the worker (exit 0 would read as a clean stop, and the on-failure policy would not restart)."""
 
 
 def _plain(value: Any) -> Any:
@@ -121,17 +117,10 @@ def _tune_malloc() -> None:
         libc.mallopt(M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)
 
 
-def _bounded(step: Any, seconds: float) -> None:
-    """Run a clean-up step that might hang in zenoh; give up on it after ``seconds``."""
-    thread = threading.Thread(target=step, name="shutdown", daemon=True)
-    thread.start()
-    thread.join(seconds)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m boss_sidecar.worker")
     parser.add_argument("--fd", type=int, required=True, help="inherited channel file descriptor")
-    parser.add_argument("--name", default="sidecar")
+    parser.add_argument("name", nargs="?", default="sidecar", help="the sidecar's name (after --)")
     parser.add_argument("--parent-pid", type=int, default=os.getppid())
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--stop-bound", type=float, default=3.0, help="seconds allowed for a clean stop")
@@ -147,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         Connection(args.fd),
         service,
         name=f"{args.name}/worker",
-        on_stop=lambda why: _bounded(lambda: service.stop(why), args.stop_bound),
+        on_stop=lambda why: bounded(lambda: service.stop(why), args.stop_bound),
         on_close=lambda _error: done.set(),
         describe=service._describe_call,
         dispatch=service._dispatch,
@@ -179,12 +168,12 @@ def main(argv: list[str] | None = None) -> None:
     stopped_politely = endpoint.stop_acknowledged.is_set()
     if not stopped_politely:
         get_logger("boss_sidecar.worker").info("worker exiting", reason=reason["why"])
-        _bounded(service.shutdown, SHUTDOWN_BOUND)
-    _bounded(lambda: endpoint.close("worker exiting"), 0.2)
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
-        sys.stderr.flush()
-    os._exit(0 if stopped_politely or asked.is_set() else EXIT_CHANNEL_LOST)
+    finish_worker(  # the stop sequence, both sides: boss_sidecar.stopping
+        service.shutdown,
+        lambda: endpoint.close("worker exiting"),
+        stopped_politely=stopped_politely,
+        signalled=asked.is_set(),
+    )
 
 
 if __name__ == "__main__":

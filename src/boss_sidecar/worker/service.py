@@ -18,7 +18,7 @@ from typing import Any
 
 import zenoh
 
-from boss_sidecar.errors import ConfigError, ZenohError
+from boss_sidecar.errors import ConfigError, SidecarUnavailable, ZenohError
 from boss_sidecar.logs import get_logger
 from boss_sidecar.protocol import Call
 from boss_sidecar.rpc import Endpoint
@@ -215,7 +215,7 @@ class WorkerService(WorkerApi):
 
     def _convert(self, kind: str, items: list[Any]) -> list[Any]:
         """What travels to the host for a run of forwarded items of one kind (the forwarder's thread)."""
-        if kind in (EventKind.SAMPLES, EventKind.LOGS, EventKind.PUT_FAILED):  # samples come as runs (see _take_runs)
+        if kind in (EventKind.SAMPLES, EventKind.LOGS, EventKind.PUT_FAILED, EventKind.PUTS_DONE):  # runs already
             return items
         if kind == EventKind.QUERIES:
             converted = [(decl_id, query, _query_fields(query)) for decl_id, query in items]
@@ -237,6 +237,8 @@ class WorkerService(WorkerApi):
         return 0
 
     def _require_session(self) -> Any:
+        if self._closed:
+            raise SidecarUnavailable(f"{self.name}: worker stopping (zenoh session closed)")
         if self._session is None:
             raise ZenohError("no zenoh session is open")
         return self._session
@@ -282,8 +284,9 @@ class WorkerService(WorkerApi):
         self._forwarder.drain(timeout)
 
     # ----------------------------------------------------------------- publishing and querying
-    def put_batch(self, items: list[tuple[str, bytes, dict[str, Any] | None]]) -> None:
-        """Run coalesced puts (an event, in order); failures go back to the host as events."""
+    def put_batch(self, items: list[tuple[str, bytes, dict[str, Any] | None]], seq: int | None = None) -> None:
+        """Hand coalesced puts to zenoh, in order (an event); then confirm batch ``seq`` to the host with a
+        ``puts_done`` event (a batch whose worker ended unconfirmed is counted there); failures go back as events."""
         session = self._require_session()
         converted: dict[int, dict[str, Any]] = {}  # the host shares one options dict among like puts
         for key, payload, options in items:
@@ -297,6 +300,8 @@ class WorkerService(WorkerApi):
                 session.put(key, payload, **kwargs)
             except Exception as exc:
                 self._push(EventKind.PUT_FAILED, f"put {key!r}: {exc}")
+        if seq is not None:
+            self._push(EventKind.PUTS_DONE, seq)
 
     def delete(self, key_expr: str, options: dict[str, Any] | None = None) -> None:
         session = self._require_session()
@@ -444,6 +449,8 @@ class WorkerService(WorkerApi):
         try:
             return self._objects[obj_id]
         except KeyError:
+            if self._closed:  # a call that came in as this worker was stopped: a sidecar error, not the caller's
+                raise SidecarUnavailable(f"{self.name}: worker stopping (hosted objects released)") from None
             raise LookupError(f"no hosted object #{obj_id}") from None
 
     def _describe_call(self, call: Call) -> str | None:
