@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from boss_sidecar import template
 from boss_sidecar.config import LauncherConfig, SidecarSpec, load_config
 from boss_sidecar.control import ControlServer
 from boss_sidecar.errors import ConfigError, SidecarError
@@ -56,6 +57,16 @@ class Running:
         """Failed, or its start or hosting failed: a reload starts it afresh even if unchanged."""
         starting = self.starter is not None and self.starter.is_alive()
         return not starting and (self.error is not None or self.sidecar.state in FINAL_STATES)
+
+
+def config_classnames(config: LauncherConfig) -> list[str]:
+    """The classes a config hosts in sidecars that fork from the template: the template preloads them."""
+    return [
+        document["classname"]
+        for spec in config.sidecars.values()
+        if spec.policy.worker_template
+        for document in spec.objects
+    ]
 
 
 def log_problems(problems: ConfigError, event: str) -> None:
@@ -138,6 +149,7 @@ class Launcher:
             name for name, running in current.items() if config.sidecars.get(name) != running.spec or running.given_up
         ]
         self._stop(current[name] for name in retire)
+        template.preload(*config_classnames(config))
         kept = set(current) - set(retire)
         for name, spec in config.sidecars.items():
             if name not in kept:

@@ -32,6 +32,7 @@ from boss_sidecar.rpc import Endpoint
 from boss_sidecar.samples import ObjectRef, Query, QueryReply, Reply, Sample, SampleRun, normalise_payload, samples_of
 from boss_sidecar.states import SidecarState, StateChange
 from boss_sidecar.supervisor import ProcessBackend, Supervisor
+from boss_sidecar.template import default_backend
 
 _log = structlog.get_logger("boss_sidecar")
 _ids = itertools.count(1)
@@ -306,7 +307,11 @@ class Sidecar(SupervisedFacts):
         self._closing = False
         self._log = _log.bind(sidecar=name)
         self._supervisor = Supervisor(
-            name, self.policy, target=_HostServices(self), prepare=self._prepare, backend=backend
+            name,
+            self.policy,
+            target=_HostServices(self),
+            prepare=self._prepare,
+            backend=backend if backend is not None else default_backend(self.policy),
         )
         _live.add(self)
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from boss_sidecar._process import WorkerProcess
 from boss_sidecar.errors import CallTimeout, SidecarCrashed, SidecarError, SidecarUnavailable
 from boss_sidecar.health import Health, ProcessProbe
 from boss_sidecar.policy import SidecarPolicy
@@ -38,14 +39,14 @@ _FORKED_REASON = "this is a forked child: the worker belongs to the parent proce
 class ProcessBackend:
     """The side effects of supervision (spawning, signalling, the clock); tests may replace it."""
 
-    def spawn(self, command: list[str], channel_fd: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def spawn(self, command: list[str], channel_fd: int, env: dict[str, str]) -> WorkerProcess:
         # Its own process group: if the host dies while the worker is stopped (SIGSTOP, a debugger),
         # the orphaned group gets SIGHUP and SIGCONT from the kernel, so the worker cannot linger.
         return subprocess.Popen(
             command, pass_fds=[channel_fd], env=env, stdin=subprocess.DEVNULL, close_fds=True, process_group=0
         )
 
-    def kill(self, process: subprocess.Popen[bytes], signum: int) -> None:
+    def kill(self, process: WorkerProcess, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signum)
 
@@ -77,7 +78,7 @@ class Incarnation:
     """One worker process and its channel; a restart makes a new one."""
 
     number: int
-    process: subprocess.Popen[bytes]
+    process: WorkerProcess
     endpoint: Endpoint
     started: float
     probe: ProcessProbe

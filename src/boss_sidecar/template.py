@@ -1,0 +1,340 @@
+"""Workers forked from a shared template process instead of started as fresh interpreters.
+
+One template per host process (``python -m boss_sidecar.worker.template``) imports zenoh, the
+worker code, HEROS and heros-boss and the classes a config names, but never opens a session,
+so forking it is safe; every worker it forks shares those imported modules copy-on-write. The
+host passes each worker's end of its private socketpair to the template (SCM_RIGHTS); the
+template forks, reaps, and reports each exit status. A template that died is started again; one
+whose preloaded files changed on disk is retired (it keeps reaping its workers, forks no more)
+and replaced, so a restart picks up the change. Where it cannot be used (not Linux, or the
+``worker_template=False`` option), workers start as fresh interpreters. Never imports zenoh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import queue
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import structlog
+
+from boss_sidecar._process import WorkerProcess
+from boss_sidecar.policy import SidecarPolicy
+from boss_sidecar.supervisor import ProcessBackend, worker_environment
+
+_log = structlog.get_logger("boss_sidecar.template")
+
+WORKER_MODULE = "boss_sidecar.worker"
+TEMPLATE_MODULE = "boss_sidecar.worker.template"
+START_TIMEOUT = 30.0
+"""Seconds a new template may take to import what it preloads."""
+REQUEST_TIMEOUT = 10.0
+"""Seconds a fork or preload request may take to be answered."""
+EXIT_UNKNOWN = 255
+"""Exit status of a worker whose template died before reporting it (only the parent can reap)."""
+TITLE_ROOM = 2048
+MAX_MESSAGE = 1 << 20
+
+
+class TemplateUnavailable(Exception):
+    """The template could not start or stopped answering: start the worker as a fresh interpreter."""
+
+
+class _Stale(Exception):
+    """A preloaded file changed on disk since the template imported it."""
+
+
+def available() -> bool:
+    """Linux with pidfds and SCM_RIGHTS helpers: what forking from a template needs."""
+    return sys.platform.startswith("linux") and hasattr(os, "pidfd_open") and hasattr(socket, "send_fds")
+
+
+class ForkedWorker:
+    """A worker the template forked: the host did not spawn it, so its exit arrives as a report.
+
+    Signals go through a pidfd, so a recycled pid is never signalled.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._exited = threading.Event()
+        self._lock = threading.Lock()
+        self._pidfd: int | None = None
+        with contextlib.suppress(OSError):  # already gone: its exit report follows
+            self._pidfd = os.pidfd_open(pid)
+
+    def _ended(self, code: int) -> None:
+        with self._lock:
+            if self.returncode is None:
+                self.returncode = code
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+        self._exited.set()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._exited.wait(timeout):
+            raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0.0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        with self._lock, contextlib.suppress(ProcessLookupError):
+            if self._pidfd is not None and self.returncode is None:
+                signal.pidfd_send_signal(self._pidfd, sig)
+
+    def _pidfd_for_watch(self) -> int | None:
+        return self._pidfd
+
+
+class TemplateProcess:
+    """The host's handle of one template process: requests, replies, and its workers' exits."""
+
+    def __init__(self, preloads: list[str]) -> None:
+        host_end, template_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._channel = host_end
+        self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._workers: dict[int, ForkedWorker] = {}
+        self._workers_lock = threading.Lock()
+        self.alive = True
+        command = [
+            sys.executable,
+            "-m",
+            TEMPLATE_MODULE,
+            "--fd",
+            str(template_end.fileno()),
+            "--parent-pid",
+            str(os.getpid()),
+            "--title-room",
+            "." * TITLE_ROOM,
+        ]
+        try:
+            self.process = subprocess.Popen(
+                command,
+                pass_fds=[template_end.fileno()],
+                env=worker_environment(),
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+                process_group=0,
+            )
+        except OSError as exc:
+            host_end.close()
+            raise TemplateUnavailable(f"could not start the template: {exc}") from exc
+        finally:
+            template_end.close()
+        self._reader = threading.Thread(target=self._read, name="template-reader", daemon=True)
+        self._reader.start()
+        ready = self._reply(START_TIMEOUT, "start")
+        if ready.get("kind") != "ready":
+            self.close()
+            raise TemplateUnavailable(f"template answered {ready!r} instead of ready")
+        if preloads:
+            for module, why in self.preload(preloads).items():
+                _log.warning("template could not preload", module=module, error=why)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    # ----------------------------------------------------------------- requests
+    def fork(self, argv: list[str], channel_fd: int, env: dict[str, str]) -> ForkedWorker:
+        request = {"kind": "fork", "argv": argv, "env": env, "cwd": os.getcwd(), "executable": sys.executable}
+        reply = self._request(request, (channel_fd,))
+        if reply["kind"] == "stale":
+            raise _Stale(reply["path"])
+        if reply["kind"] != "forked":
+            raise TemplateUnavailable(f"template refused to fork: {reply.get('error', reply)}")
+        with self._workers_lock:
+            return self._workers[reply["pid"]]
+
+    def preload(self, modules: list[str]) -> dict[str, str]:
+        """Import ``modules`` in the template; which failed, and why."""
+        path = [os.path.abspath(entry) if entry else os.getcwd() for entry in sys.path]  # where the host finds them
+        failed: dict[str, str] = self._request({"kind": "preload", "modules": modules, "path": path})["failed"]
+        return failed
+
+    def retire(self) -> None:
+        """Fork no more; reap the workers forked so far, then exit."""
+        with contextlib.suppress(OSError):
+            self._channel.sendall(pickle.dumps({"kind": "retire"}))
+
+    def close(self) -> None:
+        """Stop the template now (its workers live on: they watch the host, not it)."""
+        self.alive = False
+        with contextlib.suppress(OSError):
+            self._channel.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+
+    def _request(self, request: dict[str, Any], fds: tuple[int, ...] = ()) -> dict[str, Any]:
+        if not self.alive:
+            raise TemplateUnavailable("template is gone")
+        try:
+            socket.send_fds(self._channel, [pickle.dumps(request)], list(fds))
+        except OSError as exc:
+            self.close()
+            raise TemplateUnavailable(f"template channel failed: {exc}") from exc
+        return self._reply(REQUEST_TIMEOUT, request["kind"])
+
+    def _reply(self, timeout: float, what: str) -> dict[str, Any]:
+        try:
+            reply = self._replies.get(timeout=timeout)
+        except queue.Empty:
+            self.close()
+            raise TemplateUnavailable(f"template did not answer {what} within {timeout:g}s") from None
+        if reply is None:
+            raise TemplateUnavailable(f"template exited ({self.process.poll()}) before answering {what}")
+        return reply
+
+    # ----------------------------------------------------------------- the reader thread
+    def _read(self) -> None:
+        """Route replies to the requester and exit reports to the workers, in the template's order."""
+        while True:
+            try:
+                data = self._channel.recv(MAX_MESSAGE)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            message = pickle.loads(data)
+            kind = message["kind"]
+            if kind == "exit":
+                with self._workers_lock:
+                    worker = self._workers.pop(message["pid"], None)
+                if worker is not None:
+                    worker._ended(message["code"])
+                continue
+            if kind == "forked":  # registered here, before any exit report for it can be read
+                with self._workers_lock:
+                    self._workers[message["pid"]] = ForkedWorker(message["pid"])
+            self._replies.put(message)
+        self.alive = False
+        self._replies.put(None)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(REQUEST_TIMEOUT)
+        self._orphaned()
+
+    def _orphaned(self) -> None:
+        """The template is gone: learn of its remaining workers' exits from their pidfds (status unknown)."""
+        with self._workers_lock:
+            workers, self._workers = dict(self._workers), {}
+        if workers:
+            _log.warning("template ended before its workers", template_pid=self.pid, workers=sorted(workers))
+        while workers:
+            watched = {fd: pid for pid, worker in workers.items() if (fd := worker._pidfd_for_watch()) is not None}
+            for pid in [pid for pid, worker in workers.items() if worker._pidfd_for_watch() is None]:
+                workers.pop(pid)._ended(EXIT_UNKNOWN)
+            if not watched:
+                return
+            readable, _, _ = select.select(list(watched), [], [])
+            for fd in readable:
+                workers.pop(watched[fd])._ended(EXIT_UNKNOWN)
+
+
+class _Shared:
+    """The one template of this host process, started on first use and again after it died."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.current: TemplateProcess | None = None
+        self.preloads: list[str] = []
+
+    def template(self) -> TemplateProcess:
+        """The running template (caller holds the lock)."""
+        if self.current is None or not self.current.alive:
+            self.current = TemplateProcess(self.preloads)
+            _log.info("worker template started", template_pid=self.current.pid, preloads=self.preloads)
+        return self.current
+
+    def fork(self, argv: list[str], channel_fd: int, env: dict[str, str]) -> ForkedWorker:
+        with self.lock:
+            try:
+                return self.template().fork(argv, channel_fd, env)
+            except _Stale as stale:
+                assert self.current is not None
+                _log.info("preloaded file changed: replacing the template", file=str(stale))
+                self.current.retire()
+                self.current = None
+                try:
+                    return self.template().fork(argv, channel_fd, env)
+                except _Stale as again:
+                    raise TemplateUnavailable(f"preloaded file keeps changing: {again}") from None
+
+    def preload(self, modules: list[str]) -> dict[str, str]:
+        with self.lock:
+            new = [module for module in modules if module not in self.preloads]
+            self.preloads += new
+            if self.current is None or not self.current.alive or not new:
+                return {}
+            return self.current.preload(new)
+
+    def forget(self) -> None:
+        """In a forked child of the host: the template is the parent's."""
+        self.lock = threading.Lock()
+        if self.current is not None:
+            with contextlib.suppress(OSError):
+                self.current._channel.close()
+        self.current = None
+
+
+_shared = _Shared()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_shared.forget)
+
+
+def module_of(classname: str) -> str:
+    """The module part of ``"pkg.mod:Class"`` or ``"pkg.mod.Class"``."""
+    return classname.partition(":")[0] if ":" in classname else classname.rpartition(".")[0]
+
+
+def preload(*classnames: str) -> dict[str, str]:
+    """Have the shared template import the modules of these classes (now and after it restarts).
+
+    Returns the modules that failed to import, with why; workers then import them themselves.
+    A preloaded module whose file changes on disk makes the next worker start replace the template.
+    """
+    if not available():
+        return {}
+    failed = _shared.preload([module for name in classnames if (module := module_of(name))])
+    for module, why in failed.items():
+        _log.warning("template could not preload", module=module, error=why)
+    return failed
+
+
+def template_pid() -> int | None:
+    """The shared template's pid, if it runs."""
+    current = _shared.current
+    return current.pid if current is not None and current.alive else None
+
+
+class TemplateBackend(ProcessBackend):
+    """Forks workers from the shared template; a fresh interpreter when the template cannot be used."""
+
+    def spawn(self, command: list[str], channel_fd: int, env: dict[str, str]) -> WorkerProcess:
+        if command[1:3] != ["-m", WORKER_MODULE]:
+            return super().spawn(command, channel_fd, env)
+        try:
+            return _shared.fork(command[3:], channel_fd, env)
+        except TemplateUnavailable as exc:
+            _log.warning("worker template unavailable: starting a fresh interpreter", reason=str(exc))
+            return super().spawn(command, channel_fd, env)
+
+
+def default_backend(policy: SidecarPolicy) -> ProcessBackend:
+    """The template where the policy allows it and the platform supports it, else fresh interpreters."""
+    return TemplateBackend() if policy.worker_template and available() else ProcessBackend()
+
+
+__all__ = ["ForkedWorker", "TemplateBackend", "TemplateUnavailable", "default_backend", "preload", "template_pid"]
