@@ -101,7 +101,8 @@ def host_role(port: int, count: int, mode: str, boss_name: str, documents_file: 
     if use_template:
         template.preload(BUILDER)
     sidecars: list[Sidecar] = [
-        Sidecar(f"hero-{index}", client_config(port), worker_template=use_template) for index in range(count)
+        Sidecar(f"hero-{index}", client_config(port), worker_template=use_template, log_level="error")
+        for index in range(count)
     ]
     errors: list[str] = []
 
