@@ -16,11 +16,12 @@ Per system: USS and PSS per worker (psutil ``memory_full_info``), the total PSS 
 (BOSS: main process and workers; boss-sidecar: host, template and workers), the time from start
 until every HERO answers (a HEROS ``RemoteHERO`` client process, started at the same moment, calls
 each), and for boss-sidecar the restart time after kill -9 of a worker (until the new worker has
-rebuilt its HERO; BOSS does not restart a killed worker), the median of ``--kills``.
+rebuilt its HERO; BOSS does not restart a killed worker), the median of ``--kills`` per run.
+Each system runs ``--repeat`` times per size, in rotated order; the medians are reported.
 Goals: PSS per worker <= 1.2x BOSS's; time until every HERO answers <= BOSS's; restart from the
 template no slower than from a fresh interpreter.
 
-Usage: python scripts/bench_workers.py [--quick] [--sizes 5,20,50] [--fresh 5] [--kills 3]
+Usage: python scripts/bench_workers.py [--quick] [--sizes 5,20,50] [--fresh 5] [--kills 3] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ def _line(process: subprocess.Popen[str]) -> str:
     assert process.stdout is not None
     line = process.stdout.readline()
     if not line:
-        raise RuntimeError(f"child {process.args} ended ({process.poll()}) without answering")
+        raise RuntimeError(f"child {process.args!r} ended ({process.poll()}) without answering")
     return line
 
 
@@ -204,7 +205,7 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _kill_tree(process: subprocess.Popen[str]) -> None:
+def _kill_tree(process: subprocess.Popen[Any]) -> None:
     for child in _descendants(process.pid):
         try:
             child.kill()
@@ -322,30 +323,53 @@ def report(results: list[Result]) -> None:
             print(f"N={count}: ratio PSS per worker fresh/template: {_mean(fresh.pss) / _mean(forked.pss):.2f}")
 
 
+def merge(runs: list[Result]) -> Result:
+    """One system's repeats as one result: the median answer time and memory, every restart."""
+    merged = Result(runs[0].system, runs[0].count)
+    merged.answered = min(run.answered for run in runs)
+    merged.answer_seconds = statistics.median(run.answer_seconds for run in runs)
+    middle = sorted(runs, key=lambda run: _mean(run.pss))[len(runs) // 2]
+    merged.uss, merged.pss, merged.total_pss = middle.uss, middle.pss, middle.total_pss
+    merged.restarts = [seconds for run in runs for seconds in run.restarts]
+    return merged
+
+
+def measure_size(count: int, fresh: bool, kills: int, repeat: int, directory: Path) -> list[Result]:
+    """Every system at one size, ``repeat`` times, their order rotated each time (load hits all alike)."""
+    port = free_port()
+    router = _child("router", str(port))
+    systems = ["boss", "template", *(["fresh"] if fresh else [])]
+    runs: dict[str, list[Result]] = {system: [] for system in systems}
+    try:
+        _line(router)
+        for round_number in range(repeat):
+            shift = round_number % len(systems)
+            for system in systems[shift:] + systems[:shift]:
+                if system == "boss":
+                    runs[system].append(measure_boss(port, count, directory))
+                else:
+                    runs[system].append(measure_sidecars(port, count, system, kills, directory))
+    finally:
+        _kill_tree(router)
+    return [merge(results) for results in runs.values()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 workers, 1 kill: checks that the script runs")
+    parser.add_argument("--quick", action="store_true", help="2 workers, 1 kill, once: checks that the script runs")
     parser.add_argument("--sizes", default="5,20,50")
     parser.add_argument("--fresh", default="5", help="sizes also measured with fresh interpreters")
-    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--kills", type=int, default=3, help="restarts measured per run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per system and size; medians are reported")
     args = parser.parse_args()
     sizes = [2] if args.quick else [int(size) for size in args.sizes.split(",")]
     fresh = {2} if args.quick else {int(size) for size in args.fresh.split(",") if size}
     kills = 1 if args.quick else args.kills
+    repeat = 1 if args.quick else args.repeat
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for count in sizes:
-            port = free_port()
-            router = _child("router", str(port))
-            try:
-                _line(router)
-                results.append(measure_boss(port, count, Path(scratch)))
-                results.append(measure_sidecars(port, count, "template", kills, Path(scratch)))
-                if count in fresh:
-                    results.append(measure_sidecars(port, count, "fresh", kills, Path(scratch)))
-            finally:
-                _kill_tree(router)
-            print(f"measured N={count}", file=sys.stderr, flush=True)
+            results += measure_size(count, count in fresh, kills, repeat, Path(scratch))
     report(results)
 
 
