@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import queue
 import select
 import signal
 import socket
@@ -100,21 +99,28 @@ class ForkedWorker:
 
 
 class TemplateProcess:
-    """The host's handle of one template process: requests, replies, and its workers' exits."""
+    """The host's handle of one template process.
+
+    Two channels: requests, each bringing a socket for its answer, and events, where a reader thread
+    receives the workers' exit reports.
+    """
 
     def __init__(self, preloads: list[str]) -> None:
-        host_end, template_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._channel = host_end
-        self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._requests, template_requests = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._events, template_events = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._workers: dict[int, ForkedWorker] = {}
+        self._early_exits: dict[int, int] = {}  # exit reports read before the fork's answer was
         self._workers_lock = threading.Lock()
+        self._ended = False  # the events channel ended: the template is gone
         self.alive = True
         command = [
             sys.executable,
             "-m",
             TEMPLATE_MODULE,
             "--fd",
-            str(template_end.fileno()),
+            str(template_requests.fileno()),
+            "--events-fd",
+            str(template_events.fileno()),
             "--parent-pid",
             str(os.getpid()),
             "--title-room",
@@ -123,20 +129,21 @@ class TemplateProcess:
         try:
             self.process = subprocess.Popen(
                 command,
-                pass_fds=[template_end.fileno()],
+                pass_fds=[template_requests.fileno(), template_events.fileno()],
                 env=worker_environment(),
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
                 process_group=0,
             )
         except OSError as exc:
-            host_end.close()
+            self._requests.close()
+            self._events.close()
             raise TemplateUnavailable(f"could not start the template: {exc}") from exc
         finally:
-            template_end.close()
-        self._reader = threading.Thread(target=self._read, name="template-reader", daemon=True)
-        self._reader.start()
-        ready = self._reply(START_TIMEOUT, "start")
+            template_requests.close()
+            template_events.close()
+        threading.Thread(target=self._read_events, name="template-events", daemon=True).start()
+        ready = self._answer(self._requests, START_TIMEOUT, "start")
         if ready.get("kind") != "ready":
             self.close()
             raise TemplateUnavailable(f"template answered {ready!r} instead of ready")
@@ -156,8 +163,16 @@ class TemplateProcess:
             raise _Stale(reply["path"])
         if reply["kind"] != "forked":
             raise TemplateUnavailable(f"template refused to fork: {reply.get('error', reply)}")
+        worker = ForkedWorker(reply["pid"])
         with self._workers_lock:
-            return self._workers[reply["pid"]]
+            early = self._early_exits.pop(worker.pid, None)
+            if early is None and not self._ended:
+                self._workers[worker.pid] = worker
+        if early is not None:
+            worker._ended(early)
+        elif self._ended:  # the template died right after forking it: no report will come
+            threading.Thread(target=_watch_orphans, args=({worker.pid: worker},), daemon=True).start()
+        return worker
 
     def preload(self, modules: list[str]) -> dict[str, str]:
         """Import ``modules`` in the template; which failed, and why."""
@@ -168,79 +183,91 @@ class TemplateProcess:
     def retire(self) -> None:
         """Fork no more; reap the workers forked so far, then exit."""
         with contextlib.suppress(OSError):
-            self._channel.sendall(pickle.dumps({"kind": "retire"}))
+            self._requests.sendall(pickle.dumps({"kind": "retire"}))
 
     def close(self) -> None:
         """Stop the template now (its workers live on: they watch the host, not it)."""
         self.alive = False
-        with contextlib.suppress(OSError):
-            self._channel.shutdown(socket.SHUT_RDWR)
+        for channel in (self._requests, self._events):
+            with contextlib.suppress(OSError):
+                channel.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
 
     def _request(self, request: dict[str, Any], fds: tuple[int, ...] = ()) -> dict[str, Any]:
+        """Send a request with a reply socket of its own: requests from many threads are in flight at
+        once, none waits for another's answer, and no thread hands an answer to another."""
         if not self.alive:
             raise TemplateUnavailable("template is gone")
-        try:
-            socket.send_fds(self._channel, [pickle.dumps(request)], list(fds))
-        except OSError as exc:
-            self.close()
-            raise TemplateUnavailable(f"template channel failed: {exc}") from exc
-        return self._reply(REQUEST_TIMEOUT, request["kind"])
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with mine:
+            try:
+                with theirs:
+                    socket.send_fds(self._requests, [pickle.dumps(request)], [theirs.fileno(), *fds])
+            except OSError as exc:
+                self.close()
+                raise TemplateUnavailable(f"template channel failed: {exc}") from exc
+            return self._answer(mine, REQUEST_TIMEOUT, request["kind"])
 
-    def _reply(self, timeout: float, what: str) -> dict[str, Any]:
-        try:
-            reply = self._replies.get(timeout=timeout)
-        except queue.Empty:
+    def _answer(self, channel: socket.socket, timeout: float, what: str) -> dict[str, Any]:
+        """The template's answer on ``channel``, within ``timeout``."""
+        ready, _, _ = select.select([channel], [], [], timeout)
+        if not ready:
             self.close()
-            raise TemplateUnavailable(f"template did not answer {what} within {timeout:g}s") from None
-        if reply is None:
+            raise TemplateUnavailable(f"template did not answer {what} within {timeout:g}s")
+        try:
+            data = channel.recv(MAX_MESSAGE)
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
             raise TemplateUnavailable(f"template exited ({self.process.poll()}) before answering {what}")
-        return reply
+        answer: dict[str, Any] = pickle.loads(data)
+        return answer
 
-    # ----------------------------------------------------------------- the reader thread
-    def _read(self) -> None:
-        """Route replies to the requester and exit reports to the workers, in the template's order."""
+    # ----------------------------------------------------------------- the events thread
+    def _read_events(self) -> None:
+        """Pass each exit report to its worker; when the template ends, watch the workers it left."""
         while True:
             try:
-                data = self._channel.recv(MAX_MESSAGE)
+                data = self._events.recv(MAX_MESSAGE)
             except OSError:
                 data = b""
             if not data:
                 break
-            message = pickle.loads(data)
-            kind = message["kind"]
-            if kind == "exit":
-                with self._workers_lock:
-                    worker = self._workers.pop(message["pid"], None)
-                if worker is not None:
-                    worker._ended(message["code"])
-                continue
-            if kind == "forked":  # registered here, before any exit report for it can be read
-                with self._workers_lock:
-                    self._workers[message["pid"]] = ForkedWorker(message["pid"])
-            self._replies.put(message)
+            report = pickle.loads(data)
+            with self._workers_lock:
+                worker = self._workers.pop(report["pid"], None)
+                if worker is None:
+                    self._early_exits[report["pid"]] = report["code"]
+            if worker is not None:
+                worker._ended(report["code"])
         self.alive = False
-        self._replies.put(None)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(REQUEST_TIMEOUT)
         self._orphaned()
 
     def _orphaned(self) -> None:
-        """The template is gone: learn of its remaining workers' exits from their pidfds (status unknown)."""
+        """The template is gone: no exit report will come for the workers it left."""
         with self._workers_lock:
+            self._ended = True
             workers, self._workers = dict(self._workers), {}
         if workers:
             _log.warning("template ended before its workers", template_pid=self.pid, workers=sorted(workers))
-        while workers:
-            watched = {fd: pid for pid, worker in workers.items() if (fd := worker._pidfd_for_watch()) is not None}
-            for pid in [pid for pid, worker in workers.items() if worker._pidfd_for_watch() is None]:
-                workers.pop(pid)._ended(EXIT_UNKNOWN)
-            if not watched:
-                return
-            readable, _, _ = select.select(list(watched), [], [])
-            for fd in readable:
-                workers.pop(watched[fd])._ended(EXIT_UNKNOWN)
+        _watch_orphans(workers)
+
+
+def _watch_orphans(workers: dict[int, ForkedWorker]) -> None:
+    """Learn of these workers' exits from their pidfds; the status is unknown (their parent is gone)."""
+    while workers:
+        watched = {fd: pid for pid, worker in workers.items() if (fd := worker._pidfd_for_watch()) is not None}
+        for pid in [pid for pid, worker in workers.items() if worker._pidfd_for_watch() is None]:
+            workers.pop(pid)._ended(EXIT_UNKNOWN)
+        if not watched:
+            return
+        readable, _, _ = select.select(list(watched), [], [])
+        for fd in readable:
+            workers.pop(watched[fd])._ended(EXIT_UNKNOWN)
 
 
 class _Shared:
@@ -285,7 +312,8 @@ class _Shared:
         self.lock = threading.Lock()
         if self.current is not None:
             with contextlib.suppress(OSError):
-                self.current._channel.close()
+                self.current._requests.close()
+                self.current._events.close()
         self.current = None
 
 

@@ -46,12 +46,14 @@ def send(channel: socket.socket, message: dict[str, Any], fds: tuple[int, ...] =
 class Template:
     """The fork server: one request at a time, on one thread."""
 
-    def __init__(self, channel: socket.socket, host_pid: int) -> None:
-        self._channel = channel
+    def __init__(self, channel: socket.socket, events: socket.socket, host_pid: int) -> None:
+        self._channel = channel  # requests from the host, each answered here
+        self._events = events  # exit reports of the workers
         self._host_pid = host_pid
         self._children: set[int] = set()
         self._watched: dict[str, tuple[int, int]] = {}  # file -> (mtime_ns, size) of user-preloaded modules
         self._retired = False
+        self._answering: socket.socket | None = None  # the socket the current request is answered on
         wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wake_read = wake_read
 
@@ -109,40 +111,48 @@ class Template:
                 return
 
     def _handle_request(self) -> bool:
-        """Serve one request; False when the host is gone."""
+        """Serve one request; False when the host is gone. Its first descriptor is the socket to answer on."""
         try:
-            data, fds, _flags, _address = socket.recv_fds(self._channel, MAX_MESSAGE, 1)
+            data, fds, _flags, _address = socket.recv_fds(self._channel, MAX_MESSAGE, 2)
         except OSError:
             return False
         if not data:
             return False
         request = pickle.loads(data)
         kind = request["kind"]
-        if kind == "fork":
-            self._fork(request, fds)
-        elif kind == "preload":
-            sys.path.extend(path for path in request["path"] if path not in sys.path)
-            send(self._channel, {"kind": "preloaded", "failed": self.preload(request["modules"])})
-        elif kind == "retire":
-            self._retired = True
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        answer = socket.socket(fileno=fds.pop(0)) if fds else None
+        self._answering = answer
+        try:
+            reply: dict[str, Any] | None = None
+            if kind == "fork":
+                reply = self._fork(request, fds)
+            elif kind == "preload":
+                sys.path.extend(path for path in request["path"] if path not in sys.path)
+                reply = {"kind": "preloaded", "failed": self.preload(request["modules"])}
+            elif kind == "retire":
+                self._retired = True
+            if reply is not None and answer is not None:
+                with contextlib.suppress(OSError):
+                    send(answer, reply)
+        finally:
+            if answer is not None:
+                answer.close()
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         return True
 
-    def _fork(self, request: dict[str, Any], fds: list[int]) -> None:
+    def _fork(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         if len(fds) != 1:
-            send(self._channel, {"kind": "refused", "error": f"expected one channel descriptor, got {len(fds)}"})
-            return
+            return {"kind": "refused", "error": f"expected one channel descriptor, got {len(fds)}"}
         changed = self._changed()
         if changed is not None or self._retired:
-            send(self._channel, {"kind": "stale", "path": changed or "template retired"})
-            return
+            return {"kind": "stale", "path": changed or "template retired"}
         pid = os.fork()
         if pid == 0:
             self._become_worker(request, fds[0])
         self._children.add(pid)
-        send(self._channel, {"kind": "forked", "pid": pid})
+        return {"kind": "forked", "pid": pid}
 
     def _reap(self) -> None:
         while self._children:
@@ -155,7 +165,7 @@ class Template:
                 return
             self._children.discard(pid)
             with contextlib.suppress(OSError):
-                send(self._channel, {"kind": "exit", "pid": pid, "code": os.waitstatus_to_exitcode(status)})
+                send(self._events, {"pid": pid, "code": os.waitstatus_to_exitcode(status)})
 
     # ----------------------------------------------------------------- in the child
     def _become_worker(self, request: dict[str, Any], fd: int) -> None:
@@ -167,6 +177,9 @@ class Template:
             for own in (self._wake_read, self._wake_write):
                 os.close(own)
             self._channel.close()
+            self._events.close()
+            if self._answering is not None:
+                self._answering.close()
             os.setpgid(0, 0)  # its own process group, as a spawned worker has
             os.environ.clear()
             os.environ.update(request["env"])
@@ -210,7 +223,8 @@ def _retitle(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m boss_sidecar.worker.template")
-    parser.add_argument("--fd", type=int, required=True, help="inherited channel to the host (a Unix socket)")
+    parser.add_argument("--fd", type=int, required=True, help="inherited request channel (a Unix socket)")
+    parser.add_argument("--events-fd", type=int, required=True, help="inherited channel for exit reports")
     parser.add_argument("--parent-pid", type=int, default=os.getppid())
     parser.add_argument("--title-room", default="", help="padding: room for a forked worker's command line")
     args = parser.parse_args(argv)
@@ -226,8 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         ctypes.CDLL(None).prctl(worker_main.PR_SET_PDEATHSIG, int(worker_main.PARENT_DEATH_SIGNAL), 0, 0, 0)
     if os.getppid() != host_pid:
         os._exit(0)
-    channel = socket.socket(fileno=args.fd)
-    template = Template(channel, host_pid)
+    template = Template(socket.socket(fileno=args.fd), socket.socket(fileno=args.events_fd), host_pid)
     template.preload(list(OPTIONAL_PRELOADS), optional=True, watch=False)
     template.serve()
     os._exit(0)
