@@ -376,6 +376,7 @@ FAULT_TEST_FILES = [
     "test_faults_hangs.py",
     "test_faults_host_death.py",
     "test_faults_input.py",
+    "test_faults_template.py",
     "test_security.py",
 ]
 

@@ -1,14 +1,10 @@
 """Workers forked from the shared template: it never opens a session, its workers use zenoh safely,
-a changed preloaded module is picked up on restart, and it restarts, falls back and dies with its host."""
+a changed preloaded module is picked up on restart, the option turns it off, a config's classes are
+preloaded. (Its faults: test_faults_template.py.)"""
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -18,9 +14,11 @@ import pytest
 
 from boss_sidecar import ConfigError
 from boss_sidecar import template as template_module
+from boss_sidecar.config import parse_config
+from boss_sidecar.launcher import config_classnames
 from boss_sidecar.sidecar import Sidecar
 from boss_sidecar.testing import peer_config, wait_until
-from peers.fault_support import BOUND, worker_gone
+from peers.fault_support import BOUND
 
 MakeSidecar = Callable[..., Sidecar]
 OBJECTS = "peers.sidecar_objects"
@@ -124,23 +122,6 @@ def test_a_changed_preloaded_module_is_picked_up_on_restart(
     assert _template_of(sidecar) != before
 
 
-def test_a_killed_template_is_replaced_and_its_workers_live_on(make_sidecar: MakeSidecar) -> None:
-    """kill -9 of the template leaves its worker serving; the worker's later crash is noticed and the
-    restart forks from a new template."""
-    sidecar = make_sidecar("orphaned")
-    counter = sidecar.host(f"{OBJECTS}:Counter", 0)
-    old_template = _template_of(sidecar)
-    os.kill(old_template, signal.SIGKILL)
-    wait_until(lambda: worker_gone(old_template), BOUND, "template gone")
-    assert counter.increment() == 1
-    restarted = threading.Event()
-    sidecar.on_restart(lambda _incarnation, _reason: restarted.set())
-    os.kill(sidecar.pid or 0, signal.SIGKILL)
-    assert restarted.wait(BOUND)
-    assert counter.increment() == 1
-    assert _template_of(sidecar) != old_template
-
-
 def test_worker_template_off_starts_a_fresh_interpreter(make_sidecar: MakeSidecar) -> None:
     """``worker_template=False``: the worker is the host's own child, a fresh interpreter as before."""
     sidecar = make_sidecar("fresh", worker_template=False)
@@ -154,41 +135,19 @@ def test_worker_template_must_be_a_bool() -> None:
         Sidecar("bad", worker_template="no")
 
 
-def _templates_started_by(host_pid: int) -> list[int]:
-    found = []
-    for process in psutil.process_iter():
-        try:
-            command = process.cmdline()
-            if (
-                "boss_sidecar.worker.template" in command
-                and dict(itertools.pairwise(command)).get("--parent-pid") == str(host_pid)
-                and process.status() != psutil.STATUS_ZOMBIE
-            ):
-                found.append(process.pid)
-        except psutil.Error:
-            continue
-    return found
+def test_a_launcher_preloads_the_classes_its_config_hosts_from_the_template(tmp_path: Path) -> None:
+    """The classes of sidecars that fork from the template are preloaded; one with the template off is not."""
+    text = """
+[sidecars.forked]
+[[sidecars.forked.objects]]
+_id = "counter"
+classname = "peers.sidecar_objects:Counter"
 
-
-def test_template_and_its_worker_end_with_a_killed_host() -> None:
-    """SIGKILL of a host program: its template and the worker forked from it are both gone."""
-    host = subprocess.Popen(
-        [sys.executable, str(HOST), "running", json.dumps(peer_config())],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert host.stdout is not None
-        report = json.loads(host.stdout.readline())
-        worker = int(report["workers"][-1])
-        templates = _templates_started_by(host.pid)
-        assert templates == [psutil.Process(worker).ppid()]
-        host.kill()
-        host.wait(BOUND)
-        wait_until(lambda: worker_gone(worker), BOUND, "worker gone")
-        wait_until(lambda: all(worker_gone(pid) for pid in templates), BOUND, "template gone")
-    finally:
-        if host.poll() is None:
-            host.kill()
-            host.wait(BOUND)
+[sidecars.fresh]
+worker_template = false
+[[sidecars.fresh.objects]]
+_id = "other"
+classname = "peers.fault_objects:FaultEcho"
+"""
+    config = parse_config(text, "launcher.toml", tmp_path, check_imports=False)
+    assert config_classnames(config) == ["peers.sidecar_objects:Counter"]
