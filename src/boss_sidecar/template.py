@@ -286,18 +286,22 @@ class _Shared:
         return self.current
 
     def fork(self, argv: list[str], channel_fd: int, env: dict[str, str]) -> ForkedWorker:
+        """Fork a worker; the lock covers only finding (or replacing) the template, not the fork."""
         with self.lock:
-            try:
-                return self.template().fork(argv, channel_fd, env)
-            except _Stale as stale:
-                assert self.current is not None
-                _log.info("preloaded file changed: replacing the template", file=str(stale))
-                self.current.retire()
-                self.current = None
-                try:
-                    return self.template().fork(argv, channel_fd, env)
-                except _Stale as again:
-                    raise TemplateUnavailable(f"preloaded file keeps changing: {again}") from None
+            template = self.template()
+        try:
+            return template.fork(argv, channel_fd, env)
+        except _Stale as stale:
+            with self.lock:
+                if self.current is template:
+                    _log.info("preloaded file changed: replacing the template", file=str(stale))
+                    template.retire()
+                    self.current = None
+                template = self.template()
+        try:
+            return template.fork(argv, channel_fd, env)
+        except _Stale as again:
+            raise TemplateUnavailable(f"preloaded file keeps changing: {again}") from None
 
     def preload(self, modules: list[str]) -> dict[str, str]:
         with self.lock:

@@ -174,6 +174,9 @@ class Template:
         try:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(
+                worker_main.PARENT_DEATH_SIGNAL, signal.SIG_IGN
+            )  # the template's; the worker watches the host
             for own in (self._wake_read, self._wake_write):
                 os.close(own)
             self._channel.close()
