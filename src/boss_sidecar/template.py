@@ -40,6 +40,7 @@ REQUEST_TIMEOUT = 10.0
 EXIT_UNKNOWN = 255
 """Exit status of a worker whose template died before reporting it (only the parent can reap)."""
 TITLE_ROOM = 2048
+"""Characters of padding in the template's command line: room for a forked worker to show its own."""
 MAX_MESSAGE = 1 << 20
 
 

@@ -30,26 +30,19 @@ import boss_sidecar.worker.__main__ as worker_main
 OPTIONAL_PRELOADS = ("heros", "boss.configuration", "boss.worker")
 """HEROS and heros-boss's factory and worker, when installed: what heroized workers use."""
 MAX_MESSAGE = 1 << 20
-TITLE_ROOM = 2048
-"""Characters kept free in the template's own command line, so a forked worker can show its own."""
-EXIT_CHANNEL_LOST = worker_main.EXIT_CHANNEL_LOST
 
 
-def send(channel: socket.socket, message: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
-    data = pickle.dumps(message)
-    if fds:
-        socket.send_fds(channel, [data], list(fds))
-    else:
-        channel.sendall(data)
+def send(channel: socket.socket, message: dict[str, Any]) -> None:
+    """One message on a SOCK_SEQPACKET socket: its boundaries are kept, so no framing is needed."""
+    channel.sendall(pickle.dumps(message))
 
 
 class Template:
     """The fork server: one request at a time, on one thread."""
 
-    def __init__(self, channel: socket.socket, events: socket.socket, host_pid: int) -> None:
-        self._channel = channel  # requests from the host, each answered here
+    def __init__(self, channel: socket.socket, events: socket.socket) -> None:
+        self._channel = channel  # requests from the host, each bringing the socket to answer on
         self._events = events  # exit reports of the workers
-        self._host_pid = host_pid
         self._children: set[int] = set()
         self._watched: dict[str, tuple[int, int]] = {}  # file -> (mtime_ns, size) of user-preloaded modules
         self._retired = False
@@ -243,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         ctypes.CDLL(None).prctl(worker_main.PR_SET_PDEATHSIG, int(worker_main.PARENT_DEATH_SIGNAL), 0, 0, 0)
     if os.getppid() != host_pid:
         os._exit(0)
-    template = Template(socket.socket(fileno=args.fd), socket.socket(fileno=args.events_fd), host_pid)
+    template = Template(socket.socket(fileno=args.fd), socket.socket(fileno=args.events_fd))
     template.preload(list(OPTIONAL_PRELOADS), optional=True, watch=False)
     template.serve()
     os._exit(0)
