@@ -1,8 +1,9 @@
 """Supervises one worker process: spawn, readiness, heartbeats, restart policy, stop escalation.
 
-A worker is a fresh interpreter (``python -m boss_sidecar.worker``), never a fork, talking over
-a private socketpair. One monitor thread waits for the channel to end and applies the restart
-policy; one heartbeat thread pings the worker and kills it when it hangs or breaks its limits.
+A worker is a fresh interpreter (``python -m boss_sidecar.worker``), or a fork of the template
+process (``template.TemplateBackend``, never a fork of the host), talking over a private socketpair.
+One monitor thread waits for the channel to end and applies the restart policy; one heartbeat
+thread pings the worker and kills it when it hangs or breaks its limits.
 """
 
 from __future__ import annotations
