@@ -102,11 +102,14 @@ class Launcher:
                 signal.signal(signum, handler)
 
     def _run(self) -> int:
+        template.start()  # it imports zenoh and HEROS while the config is checked in a child of its own
         try:
             config = self._load()
         except ConfigError as exc:
             log_problems(exc, "invalid configuration; nothing started")
             return 1
+        if not any(spec.policy.worker_template for spec in config.sidecars.values()):
+            template.stop()  # no sidecar of this config forks from it
         server = ControlServer(self.socket_path, self.handle)
         try:
             server.start()

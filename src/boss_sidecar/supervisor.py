@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from boss_sidecar._process import WorkerProcess
+from boss_sidecar._process import WorkerProcess, worker_environment
 from boss_sidecar.errors import CallTimeout, SidecarCrashed, SidecarError, SidecarUnavailable
 from boss_sidecar.health import Health, ProcessProbe
 from boss_sidecar.policy import SidecarPolicy
@@ -53,15 +53,6 @@ class ProcessBackend:
 
     def now(self) -> float:
         return time.monotonic()
-
-
-def worker_environment() -> dict[str, str]:
-    """The host's environment, plus its ``sys.path`` so the worker imports what the host can."""
-    env = dict(os.environ)
-    paths = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
-    existing = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = os.pathsep.join(paths + ([existing] if existing else []))
-    return env
 
 
 def describe_exit(returncode: int | None) -> str:

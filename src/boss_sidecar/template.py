@@ -8,6 +8,10 @@ template forks, reaps, and reports each exit status. A template that died is sta
 whose preloaded files changed on disk is retired (it keeps reaping its workers, forks no more)
 and replaced, so a restart picks up the change. Where it cannot be used (not Linux, or the
 ``worker_template=False`` option), workers start as fresh interpreters. Never imports zenoh.
+
+This module imports only the standard library, so a host can call ``start()`` first thing and
+let the template import zenoh while the host imports the rest (structlog, the supervisor) on the
+other core; the supervisor's side, ``TemplateBackend``, is in ``_template_backend``.
 """
 
 from __future__ import annotations
@@ -21,15 +25,14 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import structlog
+from boss_sidecar._process import worker_environment
 
-from boss_sidecar._process import WorkerProcess
-from boss_sidecar.policy import SidecarPolicy
-from boss_sidecar.supervisor import ProcessBackend, worker_environment
-
-_log = structlog.get_logger("boss_sidecar.template")
+if TYPE_CHECKING:
+    from boss_sidecar._template_backend import TemplateBackend
+    from boss_sidecar.policy import SidecarPolicy
+    from boss_sidecar.supervisor import ProcessBackend
 
 WORKER_MODULE = "boss_sidecar.worker"
 TEMPLATE_MODULE = "boss_sidecar.worker.template"
@@ -42,6 +45,13 @@ EXIT_UNKNOWN = 255
 TITLE_ROOM = 2048
 """Characters of padding in the template's command line: room for a forked worker to show its own."""
 MAX_MESSAGE = 1 << 20
+
+
+def log() -> Any:
+    """The module's logger; structlog is imported on the first record, not before the template starts."""
+    import structlog  # noqa: PLC0415 - not needed to start the template
+
+    return structlog.get_logger("boss_sidecar.template")
 
 
 class TemplateUnavailable(Exception):
@@ -150,7 +160,7 @@ class TemplateProcess:
             raise TemplateUnavailable(f"template answered {ready!r} instead of ready")
         if preloads:
             for module, why in self.preload(preloads).items():
-                _log.warning("template could not preload", module=module, error=why)
+                log().warning("template could not preload", module=module, error=why)
 
     @property
     def pid(self) -> int:
@@ -254,7 +264,7 @@ class TemplateProcess:
             self._ended = True
             workers, self._workers = dict(self._workers), {}
         if workers:
-            _log.warning("template ended before its workers", template_pid=self.pid, workers=sorted(workers))
+            log().warning("template ended before its workers", template_pid=self.pid, workers=sorted(workers))
         _watch_orphans(workers)
 
 
@@ -278,13 +288,40 @@ class _Shared:
         self.lock = threading.Lock()
         self.current: TemplateProcess | None = None
         self.preloads: list[str] = []
+        self.starting = False  # a thread is starting the template in the background
 
     def template(self) -> TemplateProcess:
         """The running template (caller holds the lock)."""
         if self.current is None or not self.current.alive:
             self.current = TemplateProcess(self.preloads)
-            _log.info("worker template started", template_pid=self.current.pid, preloads=self.preloads)
+            log().info("worker template started", template_pid=self.current.pid, preloads=self.preloads)
         return self.current
+
+    def start(self) -> None:
+        """Start the template on a thread of its own, unless it runs or is starting; forks wait for it."""
+        with self.lock:
+            if self.starting or (self.current is not None and self.current.alive):
+                return
+            self.starting = True
+        threading.Thread(target=self._start, name="template-start", daemon=True).start()
+
+    def _start(self) -> None:
+        try:
+            with self.lock:
+                if self.starting:  # not stopped meanwhile
+                    self.template()
+        except TemplateUnavailable as exc:  # the first worker start tries again, or starts a fresh interpreter
+            log().warning("worker template did not start", reason=str(exc))
+        finally:
+            self.starting = False
+
+    def stop(self) -> None:
+        """Stop the template (once started, if it is starting); the next worker start begins a new one."""
+        with self.lock:
+            self.starting = False
+            if self.current is not None:
+                self.current.close()
+                self.current = None
 
     def fork(self, argv: list[str], channel_fd: int, env: dict[str, str]) -> ForkedWorker:
         """Fork a worker; the lock covers only finding (or replacing) the template, not the fork."""
@@ -295,7 +332,7 @@ class _Shared:
         except _Stale as stale:
             with self.lock:
                 if self.current is template:
-                    _log.info("preloaded file changed: replacing the template", file=str(stale))
+                    log().info("preloaded file changed: replacing the template", file=str(stale))
                     template.retire()
                     self.current = None
                 template = self.template()
@@ -315,6 +352,7 @@ class _Shared:
     def forget(self) -> None:
         """In a forked child of the host: the template is the parent's."""
         self.lock = threading.Lock()
+        self.starting = False
         if self.current is not None:
             with contextlib.suppress(OSError):
                 self.current._requests.close()
@@ -332,18 +370,43 @@ def module_of(classname: str) -> str:
     return classname.partition(":")[0] if ":" in classname else classname.rpartition(".")[0]
 
 
+def start() -> None:
+    """Start the shared template now, in the background, if it does not run (Linux; else nothing).
+
+    Call it first thing, before your program imports the rest: the template imports zenoh and HEROS
+    on one core while your program goes on on the other, and the first worker start only waits
+    for what is left. Without it, the template starts when the first sidecar needs a worker.
+    """
+    if available():
+        _shared.start()
+
+
+def stop() -> None:
+    """Stop the shared template, if it runs; its workers live on (they watch the host, not it)."""
+    _shared.stop()
+
+
 def preload(*classnames: str) -> dict[str, str]:
     """Have the shared template import the modules of these classes (now and after it restarts).
 
-    Returns the modules that failed to import, with why; workers then import them themselves.
-    A preloaded module whose file changes on disk makes the next worker start replace the template.
+    If the template does not run yet, it is started in the background (``start()``) and imports them
+    as it starts; their failures are then logged, not returned. Returns the modules that failed to
+    import in a running template, with why; workers then import them themselves. A preloaded module
+    whose file changes on disk makes the next worker start replace the template.
     """
     if not available():
         return {}
     failed = _shared.preload([module for name in classnames if (module := module_of(name))])
     for module, why in failed.items():
-        _log.warning("template could not preload", module=module, error=why)
+        log().warning("template could not preload", module=module, error=why)
+    if classnames:
+        start()
     return failed
+
+
+def fork(argv: list[str], channel_fd: int, env: dict[str, str]) -> ForkedWorker:
+    """Fork a worker from the shared template (started, or started again, if need be)."""
+    return _shared.fork(argv, channel_fd, env)
 
 
 def template_pid() -> int | None:
@@ -352,22 +415,30 @@ def template_pid() -> int | None:
     return current.pid if current is not None and current.alive else None
 
 
-class TemplateBackend(ProcessBackend):
-    """Forks workers from the shared template; a fresh interpreter when the template cannot be used."""
-
-    def spawn(self, command: list[str], channel_fd: int, env: dict[str, str]) -> WorkerProcess:
-        if command[1:3] != ["-m", WORKER_MODULE]:
-            return super().spawn(command, channel_fd, env)
-        try:
-            return _shared.fork(command[3:], channel_fd, env)
-        except TemplateUnavailable as exc:
-            _log.warning("worker template unavailable: starting a fresh interpreter", reason=str(exc))
-            return super().spawn(command, channel_fd, env)
-
-
 def default_backend(policy: SidecarPolicy) -> ProcessBackend:
     """The template where the policy allows it and the platform supports it, else fresh interpreters."""
+    from boss_sidecar._template_backend import TemplateBackend  # noqa: PLC0415 - it needs the supervisor
+    from boss_sidecar.supervisor import ProcessBackend  # noqa: PLC0415
+
     return TemplateBackend() if policy.worker_template and available() else ProcessBackend()
 
 
-__all__ = ["ForkedWorker", "TemplateBackend", "TemplateUnavailable", "default_backend", "preload", "template_pid"]
+def __getattr__(name: str) -> Any:
+    """``TemplateBackend`` is imported on first use: it needs the supervisor; starting the template does not."""
+    if name == "TemplateBackend":
+        from boss_sidecar._template_backend import TemplateBackend  # noqa: PLC0415 - needs the supervisor
+
+        return TemplateBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "ForkedWorker",
+    "TemplateBackend",
+    "TemplateUnavailable",
+    "default_backend",
+    "preload",
+    "start",
+    "stop",
+    "template_pid",
+]
