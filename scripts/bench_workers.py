@@ -5,7 +5,8 @@ small plain class (``bench_workers_hero.Plain``), which heros-boss's factory mak
 
 - BOSS: the ``boss`` console script of heros-boss, ``boss -u file://docs.json --name ...``; it
   forks one worker per HERO from its main process.
-- boss-sidecar: a host process starts N sidecars (in parallel threads, as the launcher does), each
+- boss-sidecar: a host process (``bench_workers_host.py``) starts the template first, then N
+  sidecars (in parallel threads, as the launcher does), each
   hosting ``bench_workers_hero:BossBuiltHero`` with the document, which builds the HERO in the worker
   with heros-boss's factory (``WorkerConfigurationDocument.build_hero_for_worker``), on the worker's
   own session. Measured with workers forked from the template (the default) and, for the sizes in
@@ -30,12 +31,10 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -51,7 +50,6 @@ HERE = Path(__file__).resolve().parent
 BOUND = 120.0
 """No wait in here is longer than this."""
 HERO_CLASS = "bench_workers_hero.Plain"
-BUILDER = "bench_workers_hero:BossBuiltHero"
 
 
 # ----------------------------------------------------------------- roles in child processes
@@ -86,57 +84,6 @@ def client_role(t0: float, names: list[str]) -> None:
             time.sleep(0.02)  # discovery has no event to wait on; 20 ms granularity, the same for both sides
     answered = time.monotonic() - t0
     print(json.dumps({"answered": len(remotes), "seconds": answered}), flush=True)
-    os._exit(0)
-
-
-def host_role(port: int, count: int, mode: str, boss_name: str, documents_file: str) -> None:
-    """A boss-sidecar host: N sidecars each hosting one HERO; then restart measurements on request."""
-    import structlog
-
-    from boss_sidecar import template
-    from boss_sidecar.sidecar import Sidecar
-
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
-    documents = json.loads(Path(documents_file).read_text())["rows"]
-    use_template = mode == "template"
-    if use_template:
-        template.preload(BUILDER)
-    sidecars: list[Sidecar] = [
-        Sidecar(f"hero-{index}", client_config(port), worker_template=use_template, log_level="error")
-        for index in range(count)
-    ]
-    errors: list[str] = []
-
-    def bring_up(sidecar: Sidecar, document: dict[str, Any]) -> None:
-        try:
-            sidecar.start()
-            sidecar.host(BUILDER, document=document["doc"], boss_name=boss_name)
-        except Exception as exc:
-            errors.append(f"{sidecar.name}: {exc}")
-
-    threads = [threading.Thread(target=bring_up, args=pair) for pair in zip(sidecars, documents, strict=True)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(BOUND)
-    print(json.dumps({"ready": not errors, "errors": errors}), flush=True)
-    for line in sys.stdin:
-        words = line.split()
-        if words[:1] == ["kill"]:
-            sidecar = sidecars[int(words[1])]
-            restarted = threading.Event()
-            sidecar.on_restart(lambda _incarnation, _reason, done=restarted: done.set())
-            started = time.monotonic()
-            os.kill(sidecar.pid or 0, signal.SIGKILL)
-            ok = restarted.wait(BOUND)
-            print(json.dumps({"restarted": ok, "seconds": time.monotonic() - started}), flush=True)
-        else:
-            break
-    stoppers = [threading.Thread(target=sidecar.stop, kwargs={"timeout": 5}) for sidecar in sidecars]
-    for thread in stoppers:
-        thread.start()
-    for thread in stoppers:
-        thread.join(BOUND)
     os._exit(0)
 
 
@@ -250,7 +197,15 @@ def measure_sidecars(port: int, count: int, mode: str, kills: int, directory: Pa
     documents = _documents(names, directory)
     env = _environment(port)
     t0 = time.monotonic()
-    host = _child("host", str(port), str(count), mode, "bench-sidecar", str(documents), env=env)
+    arguments = [str(port), str(count), mode, "bench-sidecar", str(documents)]
+    host = subprocess.Popen(
+        [sys.executable, str(HERE / "bench_workers_host.py"), *arguments],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
     client = _child("client", repr(t0), *names, env=env)
     assert host.stdin is not None
     try:
@@ -378,7 +333,5 @@ if __name__ == "__main__":
         router_role(int(sys.argv[2]))
     elif sys.argv[1:2] == ["client"]:
         client_role(float(sys.argv[2]), sys.argv[3:])
-    elif sys.argv[1:2] == ["host"]:
-        host_role(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])
     else:
         main()
