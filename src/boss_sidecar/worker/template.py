@@ -65,8 +65,10 @@ class Template:
             if watch:
                 for added in set(sys.modules) - before:
                     self._watch(sys.modules.get(added))
-        gc.collect()
-        gc.freeze()  # objects imported so far are never touched by a collection in the workers: pages stay shared
+        # Objects imported so far are never touched by a collection in the workers: pages stay shared.
+        # No full collection first (as gc.freeze's documentation advises): after these imports it
+        # found nothing to free, and took 13 ms of the template's start, before its first fork.
+        gc.freeze()
         return failed
 
     def _watch(self, module: Any) -> None:
