@@ -22,7 +22,10 @@ Each system runs ``--repeat`` times per size, in rotated order; the medians are 
 Goals: PSS per worker <= 1.2x BOSS's; time until every HERO answers <= BOSS's; restart from the
 template no slower than from a fresh interpreter.
 
-Usage: python scripts/bench_workers.py [--quick] [--sizes 5,20,50] [--fresh 5] [--kills 3] [--repeat 3]
+``--bare N`` also times bare starts, alternated N times: BOSS's one interpreter against a host and
+its template (started first or after the host's imports), until the process that forks is ready.
+
+Usage: python scripts/bench_workers.py [--quick] [--sizes 5,20,50] [--fresh 5] [--kills 3] [--repeat 3] [--bare 9]
 """
 
 from __future__ import annotations
@@ -309,13 +312,52 @@ def measure_size(count: int, fresh: bool, kills: int, repeat: int, directory: Pa
     return [merge(results) for results in runs.values()]
 
 
+_READY = "from boss_sidecar.template import _shared\nwith _shared.lock:\n    _shared.template()\n"
+BARE_STARTS = {
+    "BOSS's main interpreter (what `boss` imports)": "import boss.starter\n",
+    "the template's imports in one interpreter": (
+        "import boss_sidecar.worker.template, heros, boss.configuration, boss.worker\n"
+    ),
+    "host imports the rest, then starts the template": (
+        "import structlog\nfrom boss_sidecar.sidecar import Sidecar\n" + _READY
+    ),
+    "host starts the template, imports the rest meanwhile": (
+        "from boss_sidecar import template\ntemplate.start()\nimport structlog\n"
+        "from boss_sidecar.sidecar import Sidecar\n" + _READY
+    ),
+    "host starts the template, imports nothing": "from boss_sidecar import template\ntemplate.start()\n" + _READY,
+}
+"""Bare start-up costs: until the process that forks (BOSS's main, our template) is ready."""
+
+
+def measure_bare(rounds: int) -> None:
+    """Each start in a fresh interpreter, the starts alternated ``rounds`` times; medians."""
+    seconds: dict[str, list[float]] = {name: [] for name in BARE_STARTS}
+    for _ in range(rounds):
+        for name, code in BARE_STARTS.items():
+            started = time.monotonic()
+            subprocess.run(
+                [sys.executable, "-c", code + "import os\nos._exit(0)\n"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=BOUND,
+            )
+            seconds[name].append(time.monotonic() - started)
+    boss = statistics.median(next(iter(seconds.values())))
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        print(f"bare start: {name:<54} {median:.3f} s  ({median / boss:.2f}x BOSS's)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 workers, 1 kill, once: checks that the script runs")
+    parser.add_argument("--quick", action="store_true", help="2 workers, 1 kill, once, 1 bare round: a smoke run")
     parser.add_argument("--sizes", default="5,20,50")
     parser.add_argument("--fresh", default="5", help="sizes also measured with fresh interpreters")
     parser.add_argument("--kills", type=int, default=3, help="restarts measured per run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per system and size; medians are reported")
+    parser.add_argument("--bare", type=int, default=0, help="also time bare interpreter starts, this many rounds")
     args = parser.parse_args()
     sizes = [2] if args.quick else [int(size) for size in args.sizes.split(",")]
     fresh = {2} if args.quick else {int(size) for size in args.fresh.split(",") if size}
@@ -326,6 +368,10 @@ def main() -> None:
         for count in sizes:
             results += measure_size(count, count in fresh, kills, repeat, Path(scratch))
     report(results)
+    bare = 1 if args.quick else args.bare
+    if bare:
+        print()
+        measure_bare(bare)
 
 
 if __name__ == "__main__":

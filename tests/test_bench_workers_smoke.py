@@ -21,3 +21,4 @@ def test_bench_workers_quick_run_measures_boss_and_both_kinds_of_sidecar_worker(
         assert rows[0][-6] == "2", done.stdout  # both HEROs answered
     for ratio in ("PSS per worker sidecar/BOSS", "time until every HERO answers", "restart after kill -9"):
         assert any(ratio in line for line in lines), done.stdout
+    assert len([line for line in lines if line.startswith("bare start:")]) == 5, done.stdout
