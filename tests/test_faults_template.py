@@ -1,5 +1,5 @@
-"""Faults around the worker template: the host killed (template and workers go), the template killed
-(its workers live on, the next start forks from a new one)."""
+"""Faults around the worker template: the host killed (template and workers go, also a template started
+in the background), the template killed (its workers live on, the next start forks from a new one)."""
 
 from __future__ import annotations
 
@@ -83,6 +83,41 @@ def test_template_and_its_worker_end_with_a_killed_host() -> None:
         host.wait(BOUND)
         wait_until(lambda: worker_gone(worker), BOUND, "worker gone")
         wait_until(lambda: all(worker_gone(pid) for pid in templates), BOUND, "template gone")
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait(BOUND)
+
+
+STARTS_TEMPLATE_FIRST = """
+import sys, threading
+from boss_sidecar import template
+from boss_sidecar.testing import wait_until
+template.start()
+pid = wait_until(template.template_pid, what="the template")
+wait_until(lambda: all(t.name != "template-start" for t in threading.enumerate()), what="the start thread's end")
+print(pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_template_started_in_the_background_ends_with_a_killed_host() -> None:
+    """``template.start()`` starts the template from a thread that then ends; SIGKILL of the host
+    afterwards still ends the template (parent-death signal, EOF on its channel)."""
+    host = subprocess.Popen(
+        [sys.executable, "-c", STARTS_TEMPLATE_FIRST],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert host.stdout is not None
+        started = int(next(line for line in host.stdout if line.strip().isdigit()))  # after any log record
+        assert _templates_started_by(host.pid) == [started]
+        host.kill()
+        host.wait(BOUND)
+        wait_until(lambda: worker_gone(started), BOUND, "template gone")
     finally:
         if host.poll() is None:
             host.kill()
