@@ -19,7 +19,7 @@ import pytest
 
 from boss_sidecar.control import ControlServer, LauncherUnreachable, request
 from boss_sidecar.testing import peer_config, wait_until
-from peers.fault_support import worker_gone
+from peers.fault_support import live_workers, worker_gone
 
 CLI = shutil.which("boss-sidecar", path=str(Path(sys.executable).parent)) or "boss-sidecar"
 BOUND = 30.0
@@ -83,16 +83,19 @@ class Launcher:
         """The launcher's log, one JSON object per line (with --log-format json)."""
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
 
-    def worker_pids(self) -> list[int]:
+    def descendants(self) -> list[psutil.Process]:
+        """Its workers and the template they are forked from (the template's children)."""
         try:
-            children = psutil.Process(self.process.pid).children()
+            return psutil.Process(self.process.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-        return [child.pid for child in children if not worker_gone(child.pid)]
+
+    def worker_pids(self) -> list[int]:
+        return live_workers(lambda _process: True, self.descendants())
 
     def close(self) -> None:
-        """Teardown: whatever the test did, no launcher and no worker is left behind."""
-        workers = self.worker_pids()
+        """Teardown: whatever the test did, no launcher, template or worker is left behind."""
+        workers = [process.pid for process in self.descendants()]
         if self.process.poll() is None:
             self.process.terminate()
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import signal
 import threading
 from collections.abc import Callable
@@ -14,9 +15,11 @@ import psutil
 import pytest
 
 from boss_sidecar import CallTimeout, SidecarUnavailable
+from boss_sidecar._process import WorkerProcess
 from boss_sidecar.health import Health
 from boss_sidecar.sidecar import Sidecar
 from boss_sidecar.states import SidecarState
+from boss_sidecar.template import TemplateBackend
 from boss_sidecar.testing import peer_config, wait_until
 from peers.fault_support import worker_gone
 
@@ -161,7 +164,21 @@ def test_frequent_health_requests_do_not_hide_sustained_cpu_use(make_sidecar: Ma
     wait_until(busy, 20, "CPU use seen while polling health")
 
 
-def _stop_while(sidecar: Sidecar, action: Callable[[], object], after: int) -> BaseException | None:
+class _SpawnNoting(TemplateBackend):
+    """The default backend, noting each worker it spawns, so a test can act the moment one is."""
+
+    def __init__(self) -> None:
+        self.spawned: queue.Queue[int] = queue.Queue()
+
+    def spawn(self, command: list[str], channel_fd: int, env: dict[str, str]) -> WorkerProcess:
+        process = super().spawn(command, channel_fd, env)
+        self.spawned.put(process.pid)
+        return process
+
+
+def _stop_while(
+    sidecar: Sidecar, action: Callable[[], object], after: int, spawns: _SpawnNoting
+) -> BaseException | None:
     """Run ``action`` on a thread, stop the sidecar once worker number ``after`` is spawned; its outcome."""
     outcome: list[BaseException | None] = []
 
@@ -175,8 +192,8 @@ def _stop_while(sidecar: Sidecar, action: Callable[[], object], after: int) -> B
 
     thread = threading.Thread(target=run)
     thread.start()
-    wait_until(lambda: sidecar.state == SidecarState.STARTING and sidecar.incarnation == after, 10, "worker spawned")
-    pid = wait_until(lambda: sidecar.pid, 10, "worker pid")
+    for _ in range(after):
+        pid = spawns.spawned.get(timeout=10)
     sidecar.stop(timeout=5)
     thread.join(10)
     assert len(outcome) == 1
@@ -187,13 +204,15 @@ def _stop_while(sidecar: Sidecar, action: Callable[[], object], after: int) -> B
 
 def test_stop_during_start_ends_stopped() -> None:
     """stop() while start() waits for the worker: start raises SidecarUnavailable, the state is STOPPED."""
-    sidecar = Sidecar("racing", peer_config())
-    outcome = _stop_while(sidecar, sidecar.start, after=1)
+    spawns = _SpawnNoting()
+    sidecar = Sidecar("racing", peer_config(), backend=spawns)
+    outcome = _stop_while(sidecar, sidecar.start, after=1, spawns=spawns)
     assert outcome is None or isinstance(outcome, SidecarUnavailable)
 
 
 def test_stop_during_restart_ends_stopped(make_sidecar: MakeSidecar) -> None:
     """stop() while restart() waits for the new worker: no InvalidTransition, the state is STOPPED."""
-    sidecar = make_sidecar()
-    outcome = _stop_while(sidecar, sidecar.restart, after=2)
+    spawns = _SpawnNoting()
+    sidecar = make_sidecar(backend=spawns)
+    outcome = _stop_while(sidecar, sidecar.restart, after=2, spawns=spawns)
     assert outcome is None or isinstance(outcome, SidecarUnavailable)

@@ -7,6 +7,7 @@ framing messages to send. It knows nothing of pickles, requests or the endpoint.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from typing import Any, NamedTuple
@@ -46,7 +47,9 @@ class _FrameReader:
     def __init__(self, fd: int, limit: int) -> None:
         self._fd = fd
         self._limit = limit
-        self._buffer = bytearray(_READ_BUFFER)
+        # Anonymous memory, not a bytearray: a bytearray is zeroed at once, so each endpoint would own
+        # all of it from the start; here only the pages reads have reached belong to the process.
+        self._buffer = mmap.mmap(-1, _READ_BUFFER)
         self._view = memoryview(self._buffer)
         self._start = 0
         self._end = 0

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from boss_sidecar._process import worker_environment
 from boss_sidecar.errors import ConfigError
 from boss_sidecar.policy import SidecarPolicy
 from boss_sidecar.sidecar import zenoh_config_source
-from boss_sidecar.supervisor import worker_environment
 
 POLICY_KEYS = tuple(spec.name for spec in dataclasses.fields(SidecarPolicy))
 SIDECAR_KEYS = ("zenoh", "objects", *POLICY_KEYS)

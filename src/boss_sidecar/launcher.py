@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from boss_sidecar import template
 from boss_sidecar.config import LauncherConfig, SidecarSpec, load_config
 from boss_sidecar.control import ControlServer
 from boss_sidecar.errors import ConfigError, SidecarError
@@ -57,6 +58,16 @@ class Running:
         return not starting and (self.error is not None or self.sidecar.state in FINAL_STATES)
 
 
+def config_classnames(config: LauncherConfig) -> list[str]:
+    """The classes a config hosts in sidecars that fork from the template: the template preloads them."""
+    return [
+        document["classname"]
+        for spec in config.sidecars.values()
+        if spec.policy.worker_template
+        for document in spec.objects
+    ]
+
+
 def log_problems(problems: ConfigError, event: str) -> None:
     """One log record per problem, so each reads well on a terminal and parses as JSON."""
     for problem in getattr(problems, "problems", [problems]):
@@ -90,11 +101,14 @@ class Launcher:
                 signal.signal(signum, handler)
 
     def _run(self) -> int:
+        template.start()  # it imports zenoh and HEROS while the config is checked in a child of its own
         try:
             config = self._load()
         except ConfigError as exc:
             log_problems(exc, "invalid configuration; nothing started")
             return 1
+        if not any(spec.policy.worker_template for spec in config.sidecars.values()):
+            template.stop()  # no sidecar of this config forks from it
         server = ControlServer(self.socket_path, self.handle)
         try:
             server.start()
@@ -137,6 +151,7 @@ class Launcher:
             name for name, running in current.items() if config.sidecars.get(name) != running.spec or running.given_up
         ]
         self._stop(current[name] for name in retire)
+        template.preload(*config_classnames(config))
         kept = set(current) - set(retire)
         for name, spec in config.sidecars.items():
             if name not in kept:

@@ -72,6 +72,10 @@ class SidecarPolicy:
     A wake from sleep costs tens of microseconds on a virtual machine, so this cuts a round trip's latency
     at the price of that much CPU per wait."""
 
+    worker_template: bool = True
+    """Fork workers from a shared template process that has imported zenoh and the worker code (Linux;
+    cheaper workers, shared memory); False: every worker is a fresh interpreter."""
+
     def __post_init__(self) -> None:
         if self.restart not in RESTART_POLICIES:
             raise ConfigError(f"restart must be one of {', '.join(RESTART_POLICIES)}, got {self.restart!r}")
@@ -79,6 +83,10 @@ class SidecarPolicy:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         for spec in dataclasses.fields(self):
             value = getattr(self, spec.name)
+            if spec.name == "worker_template":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"worker_template must be true or false, got {value!r}")
+                continue
             if spec.name in ("restart", "log_level") or (value is None and spec.name in _OPTIONAL):
                 continue
             _check_number(spec.name, value)

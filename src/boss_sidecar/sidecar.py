@@ -34,6 +34,7 @@ from boss_sidecar.samples import ObjectRef, Query, Reply, Sample, normalise_payl
 from boss_sidecar.states import SidecarState, StateChange
 from boss_sidecar.stopping import FLUSH_SHARE
 from boss_sidecar.supervisor import ProcessBackend, Supervisor
+from boss_sidecar.template import default_backend
 from boss_sidecar.worker_api import DECLARE, Op
 
 _log = get_logger("boss_sidecar.sidecar")
@@ -201,7 +202,7 @@ class Sidecar(SupervisedFacts):
             name,
             self.policy,
             zenoh_config_source(zenoh),
-            backend=backend,
+            backend=backend if backend is not None else default_backend(self.policy),
             check_puts=self._raise_put_errors,
             put_failed=self._put_failed,
             puts_done=self._confirm_batches,

@@ -27,9 +27,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from boss_sidecar.errors import SidecarError
+
+if TYPE_CHECKING:
+    from boss_sidecar._process import WorkerProcess
 
 FLUSH_SHARE = 0.25
 """Share of ``Sidecar.stop``'s time for sending buffered puts; the rest is the worker's."""
@@ -41,7 +44,7 @@ restarts the worker (exit 0 would read as a clean stop, and the on-failure polic
 
 
 class _Killer(Protocol):
-    def kill(self, process: subprocess.Popen[bytes], signum: int) -> None: ...
+    def kill(self, process: WorkerProcess, signum: int) -> None: ...
 
 
 class _Stoppable(Protocol):
@@ -53,9 +56,7 @@ class _Stoppable(Protocol):
     def close(self, reason: str = ...) -> None: ...
 
 
-def terminate(
-    process: subprocess.Popen[bytes], endpoint: _Stoppable, deadline: float, backend: _Killer, log: Any
-) -> None:
+def terminate(process: WorkerProcess, endpoint: _Stoppable, deadline: float, backend: _Killer, log: Any) -> None:
     """Steps 2 to 4 for one worker, inside ``deadline`` (monotonic): ask, SIGTERM, SIGKILL.
 
     Safe to run again (an interrupted stop is finished by a second one) and from two threads.

@@ -1,8 +1,9 @@
 """Supervises one worker process: spawn, readiness, heartbeats, restart policy, stop escalation.
 
-A worker is a fresh interpreter (``python -m boss_sidecar.worker``), never a fork, talking over
-a private socketpair. One monitor thread waits for the channel to end and applies the restart
-policy; one heartbeat thread pings the worker and kills it when it hangs or breaks its limits.
+A worker is a fresh interpreter (``python -m boss_sidecar.worker``), or a fork of the template
+process (``template.TemplateBackend``, never a fork of the host), talking over a private socketpair.
+One monitor thread waits for the channel to end and applies the restart policy; one heartbeat
+thread pings the worker and kills it when it hangs or breaks its limits.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from boss_sidecar._process import WorkerProcess, worker_environment
 from boss_sidecar.errors import CallTimeout, SidecarCrashed, SidecarError, SidecarUnavailable
 from boss_sidecar.health import Health, ProcessProbe
 from boss_sidecar.logs import get_logger
@@ -38,14 +40,14 @@ _FORKED_REASON = "this is a forked child: the worker belongs to the parent proce
 class ProcessBackend:
     """The side effects of supervision (spawning, signalling, the clock); tests may replace it."""
 
-    def spawn(self, command: list[str], channel_fd: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def spawn(self, command: list[str], channel_fd: int, env: dict[str, str]) -> WorkerProcess:
         # Its own process group: if the host dies while the worker is stopped (SIGSTOP, a debugger),
         # the orphaned group gets SIGHUP and SIGCONT from the kernel, so the worker cannot linger.
         return subprocess.Popen(
             command, pass_fds=[channel_fd], env=env, stdin=subprocess.DEVNULL, close_fds=True, process_group=0
         )
 
-    def kill(self, process: subprocess.Popen[bytes], signum: int) -> None:
+    def kill(self, process: WorkerProcess, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signum)
 
@@ -53,21 +55,12 @@ class ProcessBackend:
         return time.monotonic()
 
 
-def worker_environment() -> dict[str, str]:
-    """The host's environment, plus its ``sys.path`` so the worker imports what the host can."""
-    env = dict(os.environ)
-    paths = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
-    existing = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = os.pathsep.join(paths + ([existing] if existing else []))
-    return env
-
-
 @dataclass
 class Incarnation:
     """One worker process and its channel; a restart makes a new one."""
 
     number: int
-    process: subprocess.Popen[bytes]
+    process: WorkerProcess
     endpoint: Endpoint
     started: float
     probe: ProcessProbe

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -20,9 +19,10 @@ from typing import Any
 
 import psutil
 
+from boss_sidecar._process import WorkerProcess
 from boss_sidecar.sidecar import Sidecar
 from boss_sidecar.states import SidecarState, StateChange
-from boss_sidecar.supervisor import ProcessBackend
+from boss_sidecar.template import TemplateBackend
 
 LONG = 600.0
 """Longer than any test waits: the state must last until the host is killed."""
@@ -48,13 +48,14 @@ class Gate:
         return True
 
 
-class HoldsAfterSigterm(ProcessBackend):
-    """Sends signals as usual, but after SIGTERM reports and holds the stop there (no SIGKILL follows)."""
+class HoldsAfterSigterm(TemplateBackend):
+    """Sends signals as usual (to workers forked from the template, the default), but after SIGTERM
+    reports and holds the stop there (no SIGKILL follows)."""
 
     def __init__(self) -> None:
         self.on_sigterm: Any = None
 
-    def kill(self, process: subprocess.Popen[bytes], signum: int) -> None:
+    def kill(self, process: WorkerProcess, signum: int) -> None:
         super().kill(process, signum)
         if signum == signal.SIGTERM and self.on_sigterm is not None:
             self.on_sigterm()

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import select
 import signal
 import threading
 import traceback
@@ -104,6 +105,21 @@ def _watch_parent(parent_pid: int, done: threading.Event) -> None:
         done.set()
 
 
+def _watch_host(host_pid: int, done: threading.Event) -> None:
+    """A worker forked by the template: its parent is the template, so it watches the host by a pidfd."""
+    try:
+        pidfd = os.pidfd_open(host_pid)
+    except OSError:  # the host is already gone
+        done.set()
+        return
+
+    def wait() -> None:
+        select.select([pidfd], [], [])
+        done.set()
+
+    threading.Thread(target=wait, name="host-watch", daemon=True).start()
+
+
 def _tune_malloc() -> None:
     """glibc: keep buffers of a few hundred kB (messages to the host, large payloads) on the heap.
 
@@ -126,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stop-bound", type=float, default=3.0, help="seconds allowed for a clean stop")
     parser.add_argument("--incarnation", type=int, default=1, help="stamped on every log record")
     parser.add_argument("--busy-wait", type=float, default=DEFAULT_BUSY_WAIT, help="seconds polled before sleeping")
+    parser.add_argument("--forked", action="store_true", help="forked by the template: watch the host by a pidfd")
     args = parser.parse_args(argv)
 
     done = threading.Event()
@@ -154,7 +171,10 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the host, which stops us in order
-    _watch_parent(args.parent_pid, done)
+    if args.forked:
+        _watch_host(args.parent_pid, done)
+    else:
+        _watch_parent(args.parent_pid, done)
     _tune_malloc()
 
     def stop_watch() -> None:

@@ -1,0 +1,383 @@
+"""Cost per worker: N HEROs under heros-boss's ``boss`` and under boss-sidecar, in one run.
+
+The same HERO configuration on both sides: N BOSS documents ``{_id, classname, arguments}`` of a
+small plain class (``bench_workers_hero.Plain``), which heros-boss's factory makes a HERO.
+
+- BOSS: the ``boss`` console script of heros-boss, ``boss -u file://docs.json --name ...``; it
+  forks one worker per HERO from its main process.
+- boss-sidecar: a host process (``bench_workers_host.py``) starts the template first, then N
+  sidecars (in parallel threads, as the launcher does), each
+  hosting ``bench_workers_hero:BossBuiltHero`` with the document, which builds the HERO in the worker
+  with heros-boss's factory (``WorkerConfigurationDocument.build_hero_for_worker``), on the worker's
+  own session. Measured with workers forked from the template (the default) and, for the sizes in
+  ``--fresh``, with fresh interpreters (``worker_template=False``, as before the template).
+
+Every session is a client of one zenoh router on loopback (a Python session in router mode).
+Per system: USS and PSS per worker (psutil ``memory_full_info``), the total PSS of all its processes
+(BOSS: main process and workers; boss-sidecar: host, template and workers), the time from start
+until every HERO answers (a HEROS ``RemoteHERO`` client process, started at the same moment, calls
+each), and for boss-sidecar the restart time after kill -9 of a worker (until the new worker has
+rebuilt its HERO; BOSS does not restart a killed worker), the median of ``--kills`` per run.
+Each system runs ``--repeat`` times per size, in rotated order; the medians are reported.
+Goals: PSS per worker <= 1.2x BOSS's; time until every HERO answers <= BOSS's; restart from the
+template no slower than from a fresh interpreter.
+
+``--bare N`` also times bare starts, alternated N times: BOSS's one interpreter against a host and
+its template (started first or after the host's imports), until the process that forks is ready.
+
+Usage: python scripts/bench_workers.py [--quick] [--sizes 5,20,50] [--fresh 5] [--kills 3] [--repeat 3] [--bare 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from boss_sidecar.testing import client_config, free_port, router_config
+
+HERE = Path(__file__).resolve().parent
+BOUND = 120.0
+"""No wait in here is longer than this."""
+HERO_CLASS = "bench_workers_hero.Plain"
+
+
+# ----------------------------------------------------------------- roles in child processes
+def router_role(port: int) -> None:
+    """A zenoh router on loopback until stdin closes (this process may import zenoh: it is no host)."""
+    import zenoh
+
+    session = zenoh.open(zenoh.Config.from_json5(json.dumps(router_config(port))))
+    print("ready", flush=True)
+    sys.stdin.read()
+    session.close()
+    os._exit(0)
+
+
+def client_role(t0: float, names: list[str]) -> None:
+    """Call every HERO through a RemoteHERO until each answered; print the seconds since ``t0``."""
+    from heros import RemoteHERO
+
+    remotes: dict[str, Any] = {}
+    deadline = time.monotonic() + BOUND
+    while len(remotes) < len(names) and time.monotonic() < deadline:
+        for name in names:
+            if name in remotes:
+                continue
+            try:
+                remote = RemoteHERO(name)
+                remote.ping()
+            except Exception:
+                continue
+            remotes[name] = remote
+        if len(remotes) < len(names):
+            time.sleep(0.02)  # discovery has no event to wait on; 20 ms granularity, the same for both sides
+    answered = time.monotonic() - t0
+    print(json.dumps({"answered": len(remotes), "seconds": answered}), flush=True)
+    os._exit(0)
+
+
+# ----------------------------------------------------------------- measuring
+@dataclass
+class Result:
+    system: str
+    count: int
+    answered: int = 0
+    answer_seconds: float = float("nan")
+    uss: list[float] = field(default_factory=list)
+    pss: list[float] = field(default_factory=list)
+    total_pss: float = float("nan")
+    restarts: list[float] = field(default_factory=list)
+
+
+def _child(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+
+
+def _line(process: subprocess.Popen[str]) -> str:
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        raise RuntimeError(f"child {process.args!r} ended ({process.poll()}) without answering")
+    return line
+
+
+def _environment(port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env["HEROS_ZENOH_CONFIG"] = json.dumps(client_config(port))
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), *sys.path])
+    return env
+
+
+def _documents(names: list[str], directory: Path) -> Path:
+    rows = [{"doc": {"_id": name, "classname": HERO_CLASS, "arguments": {"value": i}}} for i, name in enumerate(names)]
+    path = directory / f"docs-{uuid.uuid4().hex[:8]}.json"
+    path.write_text(json.dumps({"rows": rows}))
+    return path
+
+
+def _memory(processes: Iterable[psutil.Process]) -> list[tuple[float, float]]:
+    """(USS, PSS) in MB of each process that still runs."""
+    found = []
+    for process in processes:
+        try:
+            info = process.memory_full_info()
+        except psutil.Error:
+            continue
+        found.append((info.uss / 1e6, info.pss / 1e6))
+    return found
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _kill_tree(process: subprocess.Popen[Any]) -> None:
+    for child in _descendants(process.pid):
+        try:
+            child.kill()
+        except psutil.Error:
+            continue
+    process.kill()
+    process.wait(BOUND)
+
+
+def measure_boss(port: int, count: int, directory: Path) -> Result:
+    result = Result("BOSS", count)
+    names = [f"bench-boss-{count}-{i}-{uuid.uuid4().hex[:6]}" for i in range(count)]
+    documents = _documents(names, directory)
+    env = _environment(port)
+    boss = shutil.which("boss", path=str(Path(sys.executable).parent)) or "boss"
+    t0 = time.monotonic()
+    server = subprocess.Popen(
+        [boss, "-u", documents.as_uri(), "--name", f"bench-boss-{uuid.uuid4().hex[:6]}", "--log", "error"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    client = _child("client", repr(t0), *names, env=env)
+    try:
+        answer = json.loads(_line(client))
+        result.answered, result.answer_seconds = answer["answered"], answer["seconds"]
+        workers = _descendants(server.pid)
+        readings = _memory(workers)
+        result.uss, result.pss = [u for u, _ in readings], [p for _, p in readings]
+        result.total_pss = sum(p for _, p in _memory([psutil.Process(server.pid), *workers]))
+    finally:
+        client.kill()
+        client.wait(BOUND)
+        _kill_tree(server)  # SIGTERM does not stop boss in time (DESIGN.md); its workers would linger
+    return result
+
+
+def measure_sidecars(port: int, count: int, mode: str, kills: int, directory: Path) -> Result:
+    result = Result(f"boss-sidecar ({mode})", count)
+    names = [f"bench-sidecar-{mode}-{count}-{i}-{uuid.uuid4().hex[:6]}" for i in range(count)]
+    documents = _documents(names, directory)
+    env = _environment(port)
+    t0 = time.monotonic()
+    arguments = [str(port), str(count), mode, "bench-sidecar", str(documents)]
+    host = subprocess.Popen(
+        [sys.executable, str(HERE / "bench_workers_host.py"), *arguments],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    client = _child("client", repr(t0), *names, env=env)
+    assert host.stdin is not None
+    try:
+        answer = json.loads(_line(client))
+        result.answered, result.answer_seconds = answer["answered"], answer["seconds"]
+        ready = json.loads(_line(host))
+        if not ready["ready"]:
+            raise RuntimeError(f"sidecars did not come up: {ready['errors']}")
+        everything = _descendants(host.pid)
+        workers = [p for p in everything if "boss_sidecar.worker" in _command(p)]
+        readings = _memory(workers)
+        result.uss, result.pss = [u for u, _ in readings], [p for _, p in readings]
+        result.total_pss = sum(p for _, p in _memory([psutil.Process(host.pid), *everything]))
+        for index in range(min(kills, count)):
+            host.stdin.write(f"kill {index}\n")
+            host.stdin.flush()
+            restart = json.loads(_line(host))
+            if restart["restarted"]:
+                result.restarts.append(restart["seconds"])
+        host.stdin.write("quit\n")
+        host.stdin.flush()
+        host.wait(BOUND)
+    finally:
+        client.kill()
+        client.wait(BOUND)
+        if host.poll() is None:
+            _kill_tree(host)
+    return result
+
+
+def _command(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
+# ----------------------------------------------------------------- report
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def report(results: list[Result]) -> None:
+    print(
+        f"{'system':<28}{'N':>4}{'answered':>9}{'all answer s':>14}"
+        f"{'USS/worker MB':>15}{'PSS/worker MB':>15}{'total PSS MB':>14}{'restart s':>11}"
+    )
+    for r in results:
+        restart = f"{statistics.median(r.restarts):.3f}" if r.restarts else "-"
+        print(
+            f"{r.system:<28}{r.count:>4}{r.answered:>9}{r.answer_seconds:>14.2f}"
+            f"{_mean(r.uss):>15.1f}{_mean(r.pss):>15.1f}{r.total_pss:>14.0f}{restart:>11}"
+        )
+    print()
+    by = {(r.system, r.count): r for r in results}
+    for count in sorted({r.count for r in results}):
+        boss, forked = by.get(("BOSS", count)), by.get(("boss-sidecar (template)", count))
+        if boss is None or forked is None:
+            continue
+        pss = _mean(forked.pss) / _mean(boss.pss)
+        answer = forked.answer_seconds / boss.answer_seconds
+        total = forked.total_pss / boss.total_pss
+        print(f"N={count}: ratio PSS per worker sidecar/BOSS: {pss:.2f} (goal <= 1.2)")
+        print(f"N={count}: ratio total PSS sidecar/BOSS: {total:.2f}")
+        print(f"N={count}: ratio time until every HERO answers sidecar/BOSS: {answer:.2f} (goal <= 1)")
+        fresh = by.get(("boss-sidecar (fresh)", count))
+        if fresh is not None and fresh.restarts and forked.restarts:
+            ratio = statistics.median(forked.restarts) / statistics.median(fresh.restarts)
+            print(f"N={count}: ratio restart after kill -9 template/fresh: {ratio:.2f} (goal <= 1)")
+            print(f"N={count}: ratio PSS per worker fresh/template: {_mean(fresh.pss) / _mean(forked.pss):.2f}")
+
+
+def merge(runs: list[Result]) -> Result:
+    """One system's repeats as one result: the median answer time and memory, every restart."""
+    merged = Result(runs[0].system, runs[0].count)
+    merged.answered = min(run.answered for run in runs)
+    merged.answer_seconds = statistics.median(run.answer_seconds for run in runs)
+    middle = sorted(runs, key=lambda run: _mean(run.pss))[len(runs) // 2]
+    merged.uss, merged.pss, merged.total_pss = middle.uss, middle.pss, middle.total_pss
+    merged.restarts = [seconds for run in runs for seconds in run.restarts]
+    return merged
+
+
+def measure_size(count: int, fresh: bool, kills: int, repeat: int, directory: Path) -> list[Result]:
+    """Every system at one size, ``repeat`` times, their order rotated each time (load hits all alike)."""
+    port = free_port()
+    router = _child("router", str(port))
+    systems = ["boss", "template", *(["fresh"] if fresh else [])]
+    runs: dict[str, list[Result]] = {system: [] for system in systems}
+    try:
+        _line(router)
+        for round_number in range(repeat):
+            shift = round_number % len(systems)
+            for system in systems[shift:] + systems[:shift]:
+                if system == "boss":
+                    runs[system].append(measure_boss(port, count, directory))
+                else:
+                    runs[system].append(measure_sidecars(port, count, system, kills, directory))
+    finally:
+        _kill_tree(router)
+    return [merge(results) for results in runs.values()]
+
+
+_READY = "from boss_sidecar.template import _shared\nwith _shared.lock:\n    _shared.template()\n"
+BARE_STARTS = {
+    "BOSS's main interpreter (what `boss` imports)": "import boss.starter\n",
+    "the template's imports in one interpreter": (
+        "import boss_sidecar.worker.template, heros, boss.configuration, boss.worker\n"
+    ),
+    "host imports the rest, then starts the template": (
+        "import structlog\nfrom boss_sidecar.sidecar import Sidecar\n" + _READY
+    ),
+    "host starts the template, imports the rest meanwhile": (
+        "from boss_sidecar import template\ntemplate.start()\nimport structlog\n"
+        "from boss_sidecar.sidecar import Sidecar\n" + _READY
+    ),
+    "host starts the template, imports nothing": "from boss_sidecar import template\ntemplate.start()\n" + _READY,
+}
+"""Bare start-up costs: until the process that forks (BOSS's main, our template) is ready."""
+
+
+def measure_bare(rounds: int) -> None:
+    """Each start in a fresh interpreter, the starts alternated ``rounds`` times; medians."""
+    seconds: dict[str, list[float]] = {name: [] for name in BARE_STARTS}
+    for _ in range(rounds):
+        for name, code in BARE_STARTS.items():
+            started = time.monotonic()
+            subprocess.run(
+                [sys.executable, "-c", code + "import os\nos._exit(0)\n"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=BOUND,
+            )
+            seconds[name].append(time.monotonic() - started)
+    boss = statistics.median(next(iter(seconds.values())))
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        print(f"bare start: {name:<54} {median:.3f} s  ({median / boss:.2f}x BOSS's)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="2 workers, 1 kill, once, 1 bare round: a smoke run")
+    parser.add_argument("--sizes", default="5,20,50")
+    parser.add_argument("--fresh", default="5", help="sizes also measured with fresh interpreters")
+    parser.add_argument("--kills", type=int, default=3, help="restarts measured per run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per system and size; medians are reported")
+    parser.add_argument("--bare", type=int, default=0, help="also time bare interpreter starts, this many rounds")
+    args = parser.parse_args()
+    sizes = [2] if args.quick else [int(size) for size in args.sizes.split(",")]
+    fresh = {2} if args.quick else {int(size) for size in args.fresh.split(",") if size}
+    kills = 1 if args.quick else args.kills
+    repeat = 1 if args.quick else args.repeat
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for count in sizes:
+            results += measure_size(count, count in fresh, kills, repeat, Path(scratch))
+    report(results)
+    bare = 1 if args.quick else args.bare
+    if bare:
+        print()
+        measure_bare(bare)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["router"]:
+        router_role(int(sys.argv[2]))
+    elif sys.argv[1:2] == ["client"]:
+        client_role(float(sys.argv[2]), sys.argv[3:])
+    else:
+        main()

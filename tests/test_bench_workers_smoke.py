@@ -1,0 +1,24 @@
+"""The worker-cost benchmark script runs end to end (two workers, one run; no figures are judged)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).parent.parent / "scripts" / "bench_workers.py"
+
+
+def test_bench_workers_quick_run_measures_boss_and_both_kinds_of_sidecar_worker() -> None:
+    """``bench_workers.py --quick`` brings up BOSS's HEROs and the sidecars' and prints every ratio."""
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=300, check=True
+    )
+    lines = done.stdout.splitlines()
+    for system in ("BOSS", "boss-sidecar (template)", "boss-sidecar (fresh)"):
+        rows = [line.split() for line in lines if line.startswith(system)]
+        assert len(rows) == 1, done.stdout
+        assert rows[0][-6] == "2", done.stdout  # both HEROs answered
+    for ratio in ("PSS per worker sidecar/BOSS", "time until every HERO answers", "restart after kill -9"):
+        assert any(ratio in line for line in lines), done.stdout
+    assert len([line for line in lines if line.startswith("bare start:")]) == 5, done.stdout
