@@ -1,0 +1,81 @@
+"""boss_sidecar.boss.BOSS: heros-boss's BOSS API in a Python service, each HERO a supervised sidecar."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from boss_sidecar.boss import BOSS, parse_url
+from boss_sidecar.errors import ConfigError
+from boss_sidecar.testing import client_config, wait_until
+from peers.boss_support import FAST, METER, THERMISTOR, Router, hero_environment
+from peers.sidecar_support import BOUND
+
+
+@pytest.fixture
+def router(monkeypatch: pytest.MonkeyPatch) -> Iterator[Router]:
+    started = Router()
+    monkeypatch.setenv("PYTHONPATH", hero_environment()["PYTHONPATH"])
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def boss(router: Router) -> Iterator[BOSS]:
+    made = BOSS("py", [], zenoh=client_config(router.port), **FAST)
+    yield made
+    made.close()
+
+
+def running(boss: BOSS, name: str, incarnation: int = 1) -> dict[str, object]:
+    def ready() -> dict[str, object] | None:
+        entry = boss.status()[name]
+        return entry if entry["state"] == "running" and entry["incarnation"] == incarnation else None
+
+    result: dict[str, object] = wait_until(ready, BOUND * 2, f"{name} running (incarnation {incarnation})")
+    return result
+
+
+def test_status_has_boss_shape_and_a_killed_worker_is_replaced(router: Router, boss: BOSS) -> None:
+    """status() answers BOSS's {name: {config, object, status}} plus pid and incarnation; after kill -9 of
+    the worker the HERO is built again and answers a client in another process."""
+    boss.add_hero(METER)
+    first = running(boss, "meter")
+    assert first["status"] == "running" and first["object"] is None
+    assert first["config"] == {**METER, "tags": ["BOSS: py"]}
+    assert router.client(["call", "meter", "worker_pid", []]) == [first["pid"]]
+    os.kill(int(str(first["pid"])), signal.SIGKILL)
+    second = running(boss, "meter", incarnation=2)
+    assert router.client(["call", "meter", "worker_pid", []]) == [second["pid"]] != [first["pid"]]
+
+
+def test_stop_remove_and_refresh_from_a_source(router: Router, boss: BOSS, tmp_path: Path) -> None:
+    """stop_hero leaves the HERO known and "stopped" (gone from the network); refresh_hero_sources adds what
+    a source names; remove_hero forgets it."""
+    source = tmp_path / "heroes.json"
+    source.write_text(json.dumps({"rows": [{"doc": METER}, {"doc": THERMISTOR}]}))
+    boss.add_hero_source(parse_url, str(source))
+    boss.refresh_hero_sources()
+    running(boss, "meter")
+    running(boss, "thermistor")
+    boss.stop_hero("meter")
+    assert boss.status()["meter"]["status"] == "stopped"
+    assert router.client(["absent", "meter"], ["observe", "thermistor"]) == [True, ["thermistor", [21.25]]]
+    boss.remove_hero("thermistor")
+    assert sorted(boss.status()) == ["meter"]
+    with pytest.raises(NameError, match="not run by this BOSS"):
+        boss.start_hero("thermistor")
+
+
+def test_a_hero_that_cannot_be_built_is_failed_with_the_reason(boss: BOSS) -> None:
+    """A class that does not import: status "failed", and the error says why; an invalid document is refused."""
+    boss.add_hero({**METER, "_id": "ghost", "classname": "peers.boss_objects.Voltmeter"})
+    entry = wait_until(lambda: boss.status()["ghost"]["error"] and boss.status()["ghost"], BOUND * 2, "failed")
+    assert entry["status"] == "failed" and "Voltmeter" in str(entry["error"])
+    with pytest.raises(ConfigError, match="'classname'"):
+        boss.add_hero({"_id": "nameless"})
