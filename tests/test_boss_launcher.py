@@ -102,7 +102,7 @@ def test_a_users_couchdb_config_runs_with_name_loop_datasource_and_management(
 def test_a_hero_whose_worker_is_killed_comes_back_and_answers(router: Router, tmp_path: Path, boss: Any) -> None:
     """kill -9 of a HERO's worker: the supervisor starts a new one, heros-boss's factory builds the HERO
     again, and a client's next call reaches it (BOSS never notices such a death)."""
-    launcher = boss("-u", write(tmp_path / "heroes.json", METER))
+    launcher = boss("-u", write(tmp_path / "heroes.json", METER), "--log", "WARNING")
     first = launcher.wait_healthy({"meter"})["meter"]["pid"]
     os.kill(first, signal.SIGKILL)
     wait_until(

@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         parser.add_argument("--log-format", choices=LOG_FORMATS, default=fmt, help=f"(${ENV_LOG_FORMAT}; console)")
 
     socket_help = f"control socket (${ENV_SOCKET}; default {default_socket_path()})"
-    parser = argparse.ArgumentParser(prog="boss-sidecar", description="Run and check supervised zenoh sidecars.")
+    parser = argparse.ArgumentParser(
+        prog="boss-sidecar", description="Run and check supervised zenoh sidecars.", allow_abbrev=False
+    )
     logging_options(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
