@@ -79,3 +79,14 @@ def test_a_hero_that_cannot_be_built_is_failed_with_the_reason(boss: BOSS) -> No
     assert entry["status"] == "failed" and "Voltmeter" in str(entry["error"])
     with pytest.raises(ConfigError, match="'classname'"):
         boss.add_hero({"_id": "nameless"})
+
+
+def test_a_worker_that_dies_while_building_its_hero_builds_it_again(router: Router, boss: BOSS, tmp_path: Path) -> None:
+    """A worker dying during the factory's build is a crash like any other: the next worker builds the HERO."""
+    boss.add_hero(
+        {"_id": "phoenix", "classname": "peers.boss_objects.CrashesOnce", "arguments": {"marker": str(tmp_path / "m")}}
+    )
+    wait_until(lambda: boss.health()[0]["healthy"], BOUND * 2, "phoenix built")
+    entry = boss.status()["phoenix"]
+    assert (entry["status"], entry["incarnation"], entry["error"]) == ("running", 2, None)
+    assert router.client(["call", "phoenix", "read", []]) == ["risen"]

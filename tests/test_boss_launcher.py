@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from boss_sidecar import cli
@@ -74,7 +75,8 @@ def test_a_users_couchdb_config_runs_with_name_loop_datasource_and_management(
 ) -> None:
     """A view and a document behind basic auth: every HERO answers a client in another process, `$name`
     reaches the other HERO, `@_boss_loop` runs in the worker, the datasource publishes, and the exposed
-    management HERO answers status() in BOSS's shape with the supervisor's facts; health lists them all."""
+    management HERO answers status() in BOSS's shape with the supervisor's facts; health lists them all.
+    The launcher itself never loaded zenoh's native library."""
     couch.routes[VIEW] = view(METER, RELAY)
     couch.routes["/lab/thermistor"] = THERMISTOR
     launcher = boss("-u", couch.url(VIEW), "-u", couch.url("/lab/thermistor"), "--expose", "--name", "lab")
@@ -97,6 +99,8 @@ def test_a_users_couchdb_config_runs_with_name_loop_datasource_and_management(
     )
     assert table.returncode == 0
     assert {line.split()[0] for line in table.stdout.splitlines()[1:5]} == {"meter", "relay", "thermistor", "lab"}
+    assert not [m.path for m in psutil.Process(launcher.process.pid).memory_maps() if "zenoh" in m.path]
+    assert [m.path for m in psutil.Process(health["meter"]["pid"]).memory_maps() if "zenoh" in m.path]
 
 
 def test_a_hero_whose_worker_is_killed_comes_back_and_answers(router: Router, tmp_path: Path, boss: Any) -> None:

@@ -23,10 +23,11 @@ from typing import Any
 
 from boss_sidecar.boss_sources import Source, document_problem, hero_documents, read_url, redact
 from boss_sidecar.compat import MultiprocessRPC
-from boss_sidecar.errors import ConfigError, SidecarError
+from boss_sidecar.errors import ConfigError, SidecarCrashed, SidecarError
 from boss_sidecar.policy import SidecarPolicy
 from boss_sidecar.sidecar import Sidecar, zenoh_config_source
-from boss_sidecar.states import FINAL_STATES
+from boss_sidecar.states import FINAL_STATES, StateChange
+from boss_sidecar.states import SidecarState as S
 
 _log = logging.getLogger("boss_sidecar.boss")
 
@@ -68,6 +69,25 @@ def _label(target: Any, index: int) -> str:
     if isinstance(target, str) and "\n" not in target and not target.lstrip().startswith(("{", "[")):
         return f"url {redact(target)}"
     return f"source {index + 1}"
+
+
+class _Settled:
+    """Waits, without polling, for a restarting sidecar to run again (or to give up)."""
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self._sidecar = sidecar
+        self._changed = threading.Condition()
+        sidecar.on_state_change(self._notify)
+
+    def _notify(self, _change: StateChange) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def running(self, timeout: float) -> bool:
+        """True once the sidecar is RUNNING; False if it stopped or failed, or after ``timeout``."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._sidecar.state in (S.RUNNING, *FINAL_STATES), timeout)
+        return self._sidecar.state == S.RUNNING
 
 
 @dataclass
@@ -305,6 +325,8 @@ class BOSS(MultiprocessRPC):
             entry["error"] = hero.error
             if hero.error is not None:
                 entry["healthy"] = False
+            elif hero.wanted and hero.starter is not None and hero.starter.is_alive():
+                entry["healthy"], entry["reason"] = False, "building the HERO"
             elif not hero.wanted:
                 entry["healthy"], entry["reason"] = True, "stopped on request (BOSS status 'stopped')"
             entries.append(entry)
@@ -333,10 +355,17 @@ class BOSS(MultiprocessRPC):
         name = hero.config["_id"]
         step = "start the worker"
         try:
+            settled = _Settled(sidecar)
             sidecar.start()
             step = "build the HERO"
             boss = {"boss": sidecar.expose(_RemoteAPI(self))} if management else {}
-            sidecar.host(HERO_WORKER, document=hero.config, boss_name=self.name, realm=self.realm, **boss)
+            while True:
+                try:
+                    sidecar.host(HERO_WORKER, document=hero.config, boss_name=self.name, realm=self.realm, **boss)
+                    break
+                except SidecarCrashed:  # the worker died while building: build again in the next one
+                    if not settled.running(sidecar.policy.start_timeout + sidecar.policy.backoff_max):
+                        raise
         except Exception as exc:
             if hero.sidecar is not sidecar or not hero.wanted:  # stopped meanwhile: not a failure
                 return
