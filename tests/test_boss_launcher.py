@@ -196,8 +196,8 @@ def test_one_launcher_runs_sidecars_and_boss_heroes_from_one_toml_file(
 ) -> None:
     """A [boss] table beside [sidecars.NAME] tables: one launcher, one control socket, both kinds healthy."""
     config = tmp_path / "launcher.toml"
-    heroes = write(tmp_path / "heroes.json", METER)
-    config.write_text(f'[sidecars.plain]\nheartbeat_interval = 0.2\n\n[boss]\nurls = ["{heroes}"]\nname = "lab"\n')
+    write(tmp_path / "heroes.json", METER)  # named relative to the config file, not the launcher's cwd
+    config.write_text('[sidecars.plain]\nheartbeat_interval = 0.2\n\n[boss]\nurls = ["heroes.json"]\nname = "lab"\n')
     launcher = boss(run=config)
     found = launcher.wait_healthy({"plain", "meter"})
     assert found["meter"]["hero"] == "running" and "hero" not in found["plain"]
@@ -219,7 +219,7 @@ def test_check_config_reads_boss_sources_and_names_what_is_wrong(couch: CouchSer
     config.write_text(f'[boss]\nurls = ["{good}"]\n')
     done = check_config(config)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1].endswith("[boss] 2 HEROs: meter, relay")
+    assert done.stdout.splitlines()[-1].endswith("ok ([boss] 2 HEROs: meter, relay)")
 
     bad = write(tmp_path / "bad.json", {**METER, "classname": "peers.boss_objects.Voltmeter"}, {"_id": "x"})
     couch.routes["/lab/meter"] = METER
@@ -237,7 +237,7 @@ def test_boss_without_heros_boss_says_what_to_install(
 ) -> None:
     """Without the optional extra, `boss-sidecar boss` exits 1 with one line naming the install command."""
     monkeypatch.setattr(cli, "heros_boss_installed", lambda: False)
-    assert cli.main(["boss", "-u", "heroes.json"]) == 1
+    assert cli._boss(cli._parser().parse_args(["boss", "-u", "heroes.json"])) == 1  # main() would set up logging
     assert (
         capsys.readouterr().err
         == 'boss-sidecar boss: BOSS configurations need heros-boss: pip install "boss-sidecar[boss]"\n'

@@ -137,16 +137,17 @@ def _check_config(path: Path) -> int:
         print(exc, file=sys.stderr)
         return 1
     names = ", ".join(sorted(config.sidecars))
-    print(f"{config.file}: ok ({len(config.sidecars)} sidecar{'s' if len(config.sidecars) != 1 else ''}: {names})")
+    if config.sidecars or config.boss is None:
+        count = f"{len(config.sidecars)} sidecar{'s' if len(config.sidecars) != 1 else ''}"
+        print(f"{config.file}: ok ({count}: {names})")
     if config.boss is None:
         return 0
     report = check_boss_sources(config.boss)
     for problem in report.problems:
         print(problem, file=sys.stderr)
-    print(
-        f"{config.file}: [boss] {len(report.heroes)} HERO{'s' if len(report.heroes) != 1 else ''}: "
-        + ", ".join(report.heroes)
-    )
+    verdict = "errors" if report.problems else "ok"
+    heroes = f"{len(report.heroes)} HERO{'s' if len(report.heroes) != 1 else ''}"
+    print(f"{config.file}: {verdict} ([boss] {heroes}: {', '.join(report.heroes)})")
     return 1 if report.problems else 0
 
 

@@ -19,6 +19,7 @@ import json
 import subprocess
 import sys
 import tomllib
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,7 @@ class _Checker:
             if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
                 self.problem("boss", key, f"expected an array of non-empty strings, found {_found(value)}")
             lists[key] = tuple(value) if isinstance(value, list) else ()
+        lists["urls"] = tuple(self.source_url(url) for url in lists["urls"])
         if not table.get("urls") and not table.get("env"):
             self.problem("boss", None, "expected 'urls' or 'env' to name at least one HERO source")
         texts: dict[str, str | None] = {}
@@ -268,6 +270,12 @@ class _Checker:
             digest,
             policy,
         )
+
+    def source_url(self, url: str) -> str:
+        """A relative path (no URL scheme) is relative to the config file, as a zenoh json5 path is."""
+        if urllib.parse.urlsplit(url).scheme or Path(url).is_absolute():
+            return url
+        return str((self.base / url).resolve())
 
     def policy(self, where: str, options: dict[str, Any]) -> SidecarPolicy | None:
         """SidecarPolicy checks each field; trying them one by one reports every bad one."""
