@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from boss_sidecar.boss import BOSS, parse_url
-from boss_sidecar.errors import ConfigError
 from boss_sidecar.testing import client_config, wait_until
 from peers.boss_support import FAST, METER, THERMISTOR, Router, hero_environment
 from peers.sidecar_support import BOUND
@@ -70,23 +69,3 @@ def test_stop_remove_and_refresh_from_a_source(router: Router, boss: BOSS, tmp_p
     assert sorted(boss.status()) == ["meter"]
     with pytest.raises(NameError, match="not run by this BOSS"):
         boss.start_hero("thermistor")
-
-
-def test_a_hero_that_cannot_be_built_is_failed_with_the_reason(boss: BOSS) -> None:
-    """A class that does not import: status "failed", and the error says why; an invalid document is refused."""
-    boss.add_hero({**METER, "_id": "ghost", "classname": "peers.boss_objects.Voltmeter"})
-    entry = wait_until(lambda: boss.status()["ghost"]["error"] and boss.status()["ghost"], BOUND * 2, "failed")
-    assert entry["status"] == "failed" and "Voltmeter" in str(entry["error"])
-    with pytest.raises(ConfigError, match="'classname'"):
-        boss.add_hero({"_id": "nameless"})
-
-
-def test_a_worker_that_dies_while_building_its_hero_builds_it_again(router: Router, boss: BOSS, tmp_path: Path) -> None:
-    """A worker dying during the factory's build is a crash like any other: the next worker builds the HERO."""
-    boss.add_hero(
-        {"_id": "phoenix", "classname": "peers.boss_objects.CrashesOnce", "arguments": {"marker": str(tmp_path / "m")}}
-    )
-    wait_until(lambda: boss.health()[0]["healthy"], BOUND * 2, "phoenix built")
-    entry = boss.status()["phoenix"]
-    assert (entry["status"], entry["incarnation"], entry["error"]) == ("running", 2, None)
-    assert router.client(["call", "phoenix", "read", []]) == ["risen"]

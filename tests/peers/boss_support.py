@@ -159,3 +159,14 @@ def records(log: Path) -> Iterator[dict[str, Any]]:
     for line in log.read_text().splitlines():
         if line.startswith("{"):
             yield json.loads(line)
+
+
+def write(path: Path, *documents: dict[str, Any]) -> str:
+    """A BOSS source file: the documents as rows; its path."""
+    path.write_text(json.dumps({"rows": [{"doc": doc} for doc in documents]}))
+    return str(path)
+
+
+def meter(name: str, offset: float) -> dict[str, Any]:
+    """A Multimeter HERO document named ``name`` whose read() answers 1.5 + offset."""
+    return {**METER, "_id": name, "arguments": {"offset": offset}}
