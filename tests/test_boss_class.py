@@ -69,3 +69,16 @@ def test_stop_remove_and_refresh_from_a_source(router: Router, boss: BOSS, tmp_p
     assert sorted(boss.status()) == ["meter"]
     with pytest.raises(NameError, match="not run by this BOSS"):
         boss.start_hero("thermistor")
+
+
+def test_heroes_of_any_realm_use_the_workers_own_zenoh_session(router: Router) -> None:
+    """A HERO in realm "lab" announces the zid of its worker's session: HEROS opened no second session."""
+    lab = BOSS("py-lab", [], realm="lab", zenoh=client_config(router.port), **FAST)
+    try:
+        lab.add_hero(METER)
+        running(lab, "meter")
+        zid = lab._heroes["meter"].sidecar.info()["zid"]  # type: ignore[union-attr]
+        (tags,) = router.client(["tags", "meter", "lab"])
+        assert f"_zid:{zid}" in tags and "BOSS: py-lab" in tags
+    finally:
+        lab.close()

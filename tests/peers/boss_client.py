@@ -3,7 +3,8 @@
 ``python boss_client.py PORT STEPS_JSON``; HEROS_ZENOH_CONFIG is set to a client of the router on
 127.0.0.1:PORT. Steps: ``["call", hero, method, args]``, ``["observe", hero]`` (one datasource
 event, through a DatasourceObserver), ``["absent", hero]`` (after the router link is up, no HERO of
-that name answers). Prints ``ok <json list of results>``, then leaves through ``os._exit``
+that name answers), ``["tags", hero, realm]`` (the tags of a HERO of that realm).
+Prints ``ok <json list of results>``, then leaves through ``os._exit``
 (HEROS declares callback subscribers, so a normal exit can hang: zenoh-python #434).
 """
 
@@ -35,18 +36,18 @@ def main() -> None:
             raise TimeoutError("no router link")
         time.sleep(0.02)
 
-    heroes: dict[str, Any] = {}
+    heroes: dict[tuple[str, str], Any] = {}
 
-    def find(name: str) -> Any:
+    def find(name: str, realm: str = "heros") -> Any:
         end = time.monotonic() + DISCOVERY_BOUND
-        while name not in heroes:
+        while (name, realm) not in heroes:
             try:
-                heroes[name] = RemoteHERO(name)
+                heroes[name, realm] = RemoteHERO(name, realm=realm)
             except NameError:
                 if time.monotonic() > end:
                     raise
                 time.sleep(0.05)
-        return heroes[name]
+        return heroes[name, realm]
 
     results: list[Any] = []
     for step in steps:
@@ -65,6 +66,8 @@ def main() -> None:
             if not seen.wait(DISCOVERY_BOUND):
                 raise TimeoutError(f"no data from {step[1]}")
             results.append(values[0])
+        elif step[0] == "tags":
+            results.append(sorted(find(step[1], step[2])._hero_tags))
         elif step[0] == "absent":
             try:
                 RemoteHERO(step[1])
