@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -24,12 +23,13 @@ from typing import Any
 from boss_sidecar.boss_sources import Source, document_problem, hero_documents, read_url, redact
 from boss_sidecar.compat import MultiprocessRPC
 from boss_sidecar.errors import ConfigError, SidecarCrashed, SidecarError
+from boss_sidecar.logs import get_logger
 from boss_sidecar.policy import SidecarPolicy
 from boss_sidecar.sidecar import Sidecar, zenoh_config_source
 from boss_sidecar.states import FINAL_STATES, StateChange
 from boss_sidecar.states import SidecarState as S
 
-_log = logging.getLogger("boss_sidecar.boss")
+_log = get_logger("boss_sidecar.boss")
 
 HERO_WORKER = "boss_sidecar.worker.heroes:BossHero"
 MANAGEMENT_CLASS = "boss_sidecar.worker.management.BossManagement"
@@ -174,7 +174,7 @@ class BOSS(MultiprocessRPC):
         with self._lock:
             read = self._read_sources()
             for problem in read.problems:
-                _log.error("HERO source problem: %s", problem)
+                _log.error("HERO source problem", problem=problem)
             self.problems = read.problems
             gone = [
                 hero_id
@@ -191,10 +191,10 @@ class BOSS(MultiprocessRPC):
                         changed.append((hero, config, hero.wanted))
             self._stop_many([self._heroes[hero_id] for hero_id in gone] + [hero for hero, _, was in changed if was])
             for hero_id in gone:
-                _log.info("removing HERO %s: no longer in any source", hero_id)
+                _log.info("removing HERO: no longer in any source", hero=hero_id)
                 del self._heroes[hero_id]
             for hero, config, was_running in changed:
-                _log.info("HERO %s changed", config["_id"])
+                _log.info("HERO changed", hero=config["_id"])
                 hero.config = config
                 if was_running:
                     hero.wanted = True
@@ -370,11 +370,11 @@ class BOSS(MultiprocessRPC):
             if hero.sidecar is not sidecar or not hero.wanted:  # stopped meanwhile: not a failure
                 return
             hero.error = f"{step} failed: {exc}"
-            _log.error("HERO %s did not come up: %s", name, hero.error)
+            _log.error("HERO did not come up", hero=name, error=hero.error)
             with contextlib.suppress(SidecarError):
                 sidecar.stop()
             return
-        _log.info("HERO %s up in worker %s", name, sidecar.pid)
+        _log.info("HERO up", hero=name, worker_pid=sidecar.pid)
 
     @staticmethod
     def _stop_many(heroes: list[_Hero]) -> None:

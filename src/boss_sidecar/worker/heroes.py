@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import logging
 import threading
 from typing import Any
 
 from boss.configuration import WorkerConfigurationDocument
 
-_log = logging.getLogger("boss_sidecar.worker.heroes")
+from boss_sidecar.logs import get_logger
+
+_log = get_logger("boss_sidecar.worker.heroes")
 LOOP_STOP_BOUND = 2.0
 """Seconds the event loop's thread may take to finish after a stop."""
 
@@ -40,7 +41,7 @@ class BossHero:
             raise
         self._thread = threading.Thread(target=self._run_loop, name=f"boss-loop-{self.name}", daemon=True)
         self._thread.start()
-        _log.info("HERO %s built from %s in realm %s", self.name, self.classname, realm)
+        _log.info("HERO built", hero=self.name, classname=self.classname, realm=realm)
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self._loop)
