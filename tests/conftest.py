@@ -15,6 +15,7 @@ from boss_sidecar.testing import free_port, peer_config, wait_until
 from peers.fault_support import live_workers
 
 _SESSION_MARK = "BOSS_SIDECAR_TEST_SESSION"
+pytest_plugins = ("peers.boss_fixtures",)  # router, couch and boss launchers for the BOSS tests
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from boss_sidecar.control import ControlServer, LauncherUnreachable, request
 from boss_sidecar.testing import peer_config, wait_until
-from peers.fault_support import live_workers, worker_gone
+from peers.fault_support import worker_gone
+from peers.launcher_support import LauncherProcess
 
 CLI = shutil.which("boss-sidecar", path=str(Path(sys.executable).parent)) or "boss-sidecar"
 BOUND = 30.0
@@ -50,7 +50,7 @@ def cli(*args: str, timeout: float = BOUND) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
-class Launcher:
+class Launcher(LauncherProcess):
     """A ``boss-sidecar run`` subprocess and the ``health`` calls that watch it."""
 
     def __init__(self, socket_path: Path, log: Path, config: Path | None, *options: str) -> None:
@@ -82,30 +82,6 @@ class Launcher:
     def logs(self) -> list[dict[str, Any]]:
         """The launcher's log, one JSON object per line (with --log-format json)."""
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
-
-    def descendants(self) -> list[psutil.Process]:
-        """Its workers and the template they are forked from (the template's children)."""
-        try:
-            return psutil.Process(self.process.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
-
-    def worker_pids(self) -> list[int]:
-        return live_workers(lambda _process: True, self.descendants())
-
-    def close(self) -> None:
-        """Teardown: whatever the test did, no launcher, template or worker is left behind."""
-        workers = [process.pid for process in self.descendants()]
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(BOUND)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        for pid in workers:
-            if not worker_gone(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

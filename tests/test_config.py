@@ -109,17 +109,19 @@ def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
 
 
 def test_unknown_top_level_key(tmp_path: Path) -> None:
-    """Only [sidecars.*] tables belong at the top."""
+    """Only [sidecars.*] tables and [boss] belong at the top."""
     found = problems(tmp_path, "colour = 'blue'\n[sidecars.a]\n")
     assert found == [
-        f"{tmp_path / 'sidecars.toml'}: colour: unknown key; expected one of: sidecars"
+        f"{tmp_path / 'sidecars.toml'}: colour: unknown key; expected one of: sidecars, boss"
         " (each sidecar is a [sidecars.NAME] table)"
     ]
 
 
 def test_no_sidecars(tmp_path: Path) -> None:
     """An empty file (or an empty [sidecars] table) runs nothing: an error, not a silent no-op."""
-    assert only_problem(tmp_path, "").endswith("sidecars: expected at least one [sidecars.NAME] table, found none")
+    assert only_problem(tmp_path, "").endswith(
+        "sidecars: expected a [boss] table or at least one [sidecars.NAME] table, found none"
+    )
     assert "expected at least one" in only_problem(tmp_path, "[sidecars]\n")
 
 

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from boss_sidecar import AsyncHostedObject, adrop
+from peers.boss_support import hero_environment
 from peers.sidecar_support import BOUND, run_program
 
 CENSUS = "peers.sidecar_objects:Census"
@@ -26,6 +27,12 @@ async def bounded(awaitable: Awaitable[T]) -> T:
 def test_a_host_that_configures_no_logging_sees_nothing_on_stdout_or_stderr() -> None:
     """Start, host, warnings provoked in host and worker, stop: not one byte on stdout or stderr."""
     done = run_program("logging_host.py", "none")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_a_service_building_its_boss_in_python_with_no_logging_sees_nothing() -> None:
+    """``boss_sidecar.boss.BOSS``: one HERO built in its worker, one that fails to build, close: not one byte."""
+    done = run_program("logging_boss_host.py", "none", env=hero_environment())
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
 
 

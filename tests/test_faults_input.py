@@ -394,6 +394,7 @@ def test_endless_or_negative_waits_are_refused_in_a_launcher_file_and_by_sidecar
 
 # ----------------------------------------------------------------- the fault list itself
 FAULT_TEST_FILES = [
+    "test_faults_boss.py",
     "test_faults_callbacks.py",
     "test_faults_chaos.py",
     "test_faults_embedding.py",

@@ -10,6 +10,7 @@ import logging
 import pytest
 
 from boss_sidecar.logs import get_logger
+from peers.boss_support import hero_environment
 from peers.sidecar_support import run_program
 
 
@@ -80,3 +81,25 @@ def test_a_worker_traceback_reads_as_lines_after_the_message(caplog: pytest.LogC
     (record,) = caplog.records
     assert record.getMessage() == f"served work failed worker_pid=7\n{trace}"
     assert record.fields == {"exception": trace, "worker_pid": 7}  # type: ignore[attr-defined]
+
+
+def test_a_service_building_its_boss_in_python_receives_the_boss_records_with_their_fields() -> None:
+    """``boss_sidecar.boss.BOSS`` under ``basicConfig``: the HERO built in its worker and the HERO that would
+    not build arrive as ``boss_sidecar`` records naming the HERO, the worker's among them stamped with its pid."""
+    done = run_program("logging_boss_host.py", "basic", env=hero_environment())
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    by_event = {record["event"]: record for record in answer["records"]}
+    built = by_event["HERO built"]  # written in the HERO's worker
+    assert (built["logger"], built["hero"], built["sidecar"], built["worker_pid"]) == (
+        "boss_sidecar.worker.heroes",
+        "meter",
+        "meter",
+        answer["pid"],
+    )
+    up = by_event["HERO up"]
+    assert (up["logger"], up["hero"], up["worker_pid"]) == ("boss_sidecar.boss", "meter", answer["pid"])
+    failed = by_event["HERO did not come up"]
+    assert (failed["level"], failed["hero"]) == ("ERROR", "broken")
+    assert all(record["logger"].startswith("boss_sidecar") for record in answer["records"])
+    assert "INFO:boss_sidecar.boss:HERO up hero=meter worker_pid=" in done.stderr

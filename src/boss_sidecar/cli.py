@@ -1,4 +1,5 @@
-"""The ``boss-sidecar`` command: ``run`` the launcher, ask it for ``health``, ``check-config`` a file.
+"""The ``boss-sidecar`` command: ``run`` the launcher, ask it for ``health``, ``check-config`` a file,
+or run BOSS's HERO configurations with BOSS's own flags (``boss``).
 
 ``health`` exits 0 when every sidecar is healthy, 1 when one is not, 2 when no launcher answers,
 so it can serve as a container HEALTHCHECK as it is.
@@ -14,11 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from boss_sidecar.config import load_config
+from boss_sidecar.boss_check import check_boss_sources
+from boss_sidecar.config import BOSS_EXTRA_MISSING, BossSpec, LauncherConfig, heros_boss_installed, load_config
 from boss_sidecar.control import ENV_SOCKET, REQUEST_TIMEOUT, LauncherUnreachable, default_socket_path, request
 from boss_sidecar.errors import ConfigError
-from boss_sidecar.launcher import Launcher
+from boss_sidecar.launcher import Launcher, unique_instance_name
 from boss_sidecar.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
+from boss_sidecar.policy import SidecarPolicy
 
 HEALTHY, UNHEALTHY, UNREACHABLE = 0, 1, 2
 ENV_CONFIG = "BOSS_SIDECAR_CONFIG"
@@ -36,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         parser.add_argument("--log-format", choices=LOG_FORMATS, default=fmt, help=f"(${ENV_LOG_FORMAT}; console)")
 
     socket_help = f"control socket (${ENV_SOCKET}; default {default_socket_path()})"
-    parser = argparse.ArgumentParser(prog="boss-sidecar", description="Run and check supervised zenoh sidecars.")
+    parser = argparse.ArgumentParser(
+        prog="boss-sidecar", description="Run and check supervised zenoh sidecars.", allow_abbrev=False
+    )
     logging_options(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -54,6 +59,22 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file without starting anything")
     check.add_argument("config", type=Path)
     logging_options(check, top=False)
+
+    boss = commands.add_parser(
+        "boss", help="BOSS's starter (same flags as heros-boss's `boss`): each HERO in a supervised worker"
+    )
+    boss.add_argument(
+        "--log", default=None, help="loglevel: spam < debug < info. If not set, env var HEROS_LOG is used or INFO"
+    )
+    boss.add_argument("--expose", action="store_true", help="expose the BOSS object as a HERO named --name")
+    boss.add_argument("--realm", default="heros", help="realm under which the HEROs are exposed")
+    boss.add_argument("--no-autostart", action="store_true", help="turn off autostart")
+    boss.add_argument("--name", default=unique_instance_name(), help="name of the BOSS instance (unique if exposed)")
+    boss.add_argument("-u", "--url", action="append", default=[], help="path or URL of a configuration (repeatable)")
+    boss.add_argument(
+        "-e", "--env", action="append", default=[], help="environment variable holding a configuration (BOSS always)"
+    )
+    boss.add_argument("--socket", type=Path, help=socket_help)
     return parser
 
 
@@ -64,7 +85,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "health":
         return _health(args)
+    if args.command == "boss":
+        return _boss(args)
     return _check_config(args.config)
+
+
+BOSS_LEVELS = {"spam": "debug", "debug": "debug", "info": "info", "warning": "warning", "warn": "warning"}
+BOSS_LEVELS |= {"error": "error", "critical": "critical"}
+
+
+def boss_config(args: argparse.Namespace) -> LauncherConfig:
+    """The launcher configuration BOSS's flags mean: one BOSS, its sources, every HERO in a sidecar."""
+    level = BOSS_LEVELS.get(str(args.log or os.environ.get("HEROS_LOG") or "INFO").lower())
+    if level is None:
+        raise ConfigError(f"--log (or HEROS_LOG) must be one of {', '.join(BOSS_LEVELS)}, got {args.log!r}")
+    spec = BossSpec(
+        urls=tuple(args.url),
+        env=("BOSS", *args.env),  # BOSS appends to its default
+        realm=args.realm,
+        name=args.name,
+        expose=args.expose,
+        autostart=not args.no_autostart,
+        policy=SidecarPolicy(log_level=level),
+    )
+    return LauncherConfig("<boss-sidecar boss>", {}, spec)
+
+
+def _boss(args: argparse.Namespace) -> int:
+    if not heros_boss_installed():
+        print(f"boss-sidecar boss: {BOSS_EXTRA_MISSING}", file=sys.stderr)
+        return 1
+    try:
+        config = boss_config(args)
+    except ConfigError as exc:
+        print(f"boss-sidecar boss: {exc}", file=sys.stderr)
+        return 2
+    assert config.boss is not None
+    configure_logging(config.boss.policy.log_level, args.log_format)
+    return Launcher(None, args.socket or default_socket_path(), config=config).run()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -79,8 +137,18 @@ def _check_config(path: Path) -> int:
         print(exc, file=sys.stderr)
         return 1
     names = ", ".join(sorted(config.sidecars))
-    print(f"{config.file}: ok ({len(config.sidecars)} sidecar{'s' if len(config.sidecars) != 1 else ''}: {names})")
-    return 0
+    if config.sidecars or config.boss is None:
+        count = f"{len(config.sidecars)} sidecar{'s' if len(config.sidecars) != 1 else ''}"
+        print(f"{config.file}: ok ({count}: {names})")
+    if config.boss is None:
+        return 0
+    report = check_boss_sources(config.boss)
+    for problem in report.problems:
+        print(problem, file=sys.stderr)
+    verdict = "errors" if report.problems else "ok"
+    heroes = f"{len(report.heroes)} HERO{'s' if len(report.heroes) != 1 else ''}"
+    print(f"{config.file}: {verdict} ([boss] {heroes}: {', '.join(report.heroes)})")
+    return 1 if report.problems else 0
 
 
 def _health(args: argparse.Namespace) -> int:
@@ -115,6 +183,7 @@ COLUMNS = (
     ("FDS", "open_fds"),
     ("HB RTT", "heartbeat_rtt"),
     ("HB AGE", "heartbeat_age"),
+    ("BOSS", "hero"),
 )
 
 
@@ -148,6 +217,8 @@ def health_table(answer: dict[str, Any]) -> str:
         if entry.get("error"):
             notes.append(f"error: {entry['error']}")
         lines.append(f"{entry.get('name')}: " + "; ".join(notes))
+    for problem in answer.get("boss", {}).get("problems", []):
+        lines.append(f"BOSS source problem: {problem}")
     launcher = answer.get("launcher", {})
     verdict = "healthy" if answer.get("healthy") else "UNHEALTHY"
     lines.append(f"launcher pid {launcher.get('pid')} ({launcher.get('config')}): {verdict}")

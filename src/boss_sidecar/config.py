@@ -13,11 +13,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import importlib.metadata
 import importlib.resources
 import json
 import subprocess
 import sys
 import tomllib
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,8 @@ from boss_sidecar.sidecar import zenoh_config_source
 POLICY_KEYS = tuple(spec.name for spec in dataclasses.fields(SidecarPolicy))
 SIDECAR_KEYS = ("zenoh", "objects", *POLICY_KEYS)
 OBJECT_KEYS = ("_id", "classname", "arguments")
-TOP_KEYS = ("sidecars",)
+TOP_KEYS = ("sidecars", "boss")
+BOSS_KEYS = ("urls", "env", "realm", "name", "expose", "autostart", "zenoh", *POLICY_KEYS)
 DEFAULT_CONFIG = "default.toml"
 CHECK_TIMEOUT = 60.0
 """Seconds the child interpreter may take to import zenoh and the hosted classes."""
@@ -80,9 +83,42 @@ class SidecarSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class BossSpec:
+    """BOSS's HERO sources and starter options (``boss-sidecar boss`` flags, or a ``[boss]`` table)."""
+
+    urls: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    realm: str = "heros"
+    name: str | None = None
+    """None: host name and a short uuid, made once per launcher (as BOSS does per run)."""
+    expose: bool = False
+    autostart: bool = True
+    zenoh: dict[str, Any] | str | None = None
+    """Each HERO worker's session: like a sidecar's, and ``HEROS_ZENOH_CONFIG`` when None (as HEROS does)."""
+    zenoh_digest: str | None = None
+    policy: SidecarPolicy = dataclasses.field(default_factory=SidecarPolicy)
+
+    def policy_options(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.policy)
+
+
+@dataclass(frozen=True, slots=True)
 class LauncherConfig:
     file: str
     sidecars: dict[str, SidecarSpec]
+    boss: BossSpec | None = None
+
+
+BOSS_EXTRA_MISSING = 'BOSS configurations need heros-boss: pip install "boss-sidecar[boss]"'
+
+
+def heros_boss_installed() -> bool:
+    """Whether heros-boss is installed, found without importing it (it imports zenoh)."""
+    try:
+        importlib.metadata.distribution("heros-boss")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def _found(value: object) -> str:
@@ -110,6 +146,7 @@ class _Checker:
         """Which sidecar table is being checked: problems are reported grouped by it, in file order."""
         self.deferred_zenoh: dict[str, tuple[tuple[str, str | None], str, str, int]] = {}
         self.deferred_classes: dict[str, tuple[str, str, str, int]] = {}
+        self.boss_spec: BossSpec | None = None
 
     @property
     def problems(self) -> list[Problem]:
@@ -123,9 +160,13 @@ class _Checker:
         for key in data:
             if key not in TOP_KEYS:
                 self.problem(None, key, _unknown(key, TOP_KEYS) + " (each sidecar is a [sidecars.NAME] table)")
+        if "boss" in data:
+            self.boss_spec = self.boss(data["boss"])
+            if "sidecars" not in data:
+                return {}
         tables = data.get("sidecars")
         if tables is None:
-            self.problem(None, "sidecars", "expected at least one [sidecars.NAME] table, found none")
+            self.problem(None, "sidecars", "expected a [boss] table or at least one [sidecars.NAME] table, found none")
             return {}
         if not isinstance(tables, dict):
             self.problem(None, "sidecars", f"expected a table of sidecar tables, found {_found(tables)}")
@@ -181,6 +222,60 @@ class _Checker:
         expected = "a table (zenoh configuration) or a string (json5 file path)"
         self.problem(where, "zenoh", f"expected {expected}, found {_found(value)}")
         return None, None
+
+    def boss(self, table: object) -> BossSpec | None:
+        """The ``[boss]`` table: BOSS's sources (``urls``, ``env``) and starter options, plus a sidecar's policy."""
+        if not isinstance(table, dict):
+            self.problem(None, "boss", f"expected a table, found {_found(table)}")
+            return None
+        before = len(self.found)
+        if not heros_boss_installed():
+            self.problem("boss", None, BOSS_EXTRA_MISSING)
+        for key in table:
+            if key not in BOSS_KEYS:
+                self.problem("boss", key, _unknown(key, BOSS_KEYS))
+        lists: dict[str, tuple[str, ...]] = {}
+        for key in ("urls", "env"):
+            value = table.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+                self.problem("boss", key, f"expected an array of non-empty strings, found {_found(value)}")
+            lists[key] = tuple(value) if isinstance(value, list) else ()
+        lists["urls"] = tuple(self.source_url(url) for url in lists["urls"])
+        if not table.get("urls") and not table.get("env"):
+            self.problem("boss", None, "expected 'urls' or 'env' to name at least one HERO source")
+        texts: dict[str, str | None] = {}
+        for key, fallback in (("realm", "heros"), ("name", None)):
+            value = table.get(key, fallback)
+            if value is not None and (not isinstance(value, str) or not value):
+                self.problem("boss", key, f"expected a non-empty string, found {_found(value)}")
+            texts[key] = value
+        flags: dict[str, bool] = {}
+        for flag, default in (("expose", False), ("autostart", True)):
+            found = table.get(flag, default)
+            if not isinstance(found, bool):
+                self.problem("boss", flag, f"expected true or false, found {_found(found)}")
+            flags[flag] = bool(found)
+        zenoh, digest = self.zenoh("boss", table.get("zenoh"))
+        policy = self.policy("boss", {key: value for key, value in table.items() if key in POLICY_KEYS})
+        if len(self.found) > before or policy is None:
+            return None
+        return BossSpec(
+            lists["urls"],
+            lists["env"],
+            texts["realm"] or "heros",
+            texts["name"],
+            flags["expose"],
+            flags["autostart"],
+            zenoh,
+            digest,
+            policy,
+        )
+
+    def source_url(self, url: str) -> str:
+        """A relative path (no URL scheme) is relative to the config file, as a zenoh json5 path is."""
+        if urllib.parse.urlsplit(url).scheme or Path(url).is_absolute():
+            return url
+        return str((self.base / url).resolve())
 
     def policy(self, where: str, options: dict[str, Any]) -> SidecarPolicy | None:
         """SidecarPolicy checks each field; trying them one by one reports every bad one."""
@@ -240,25 +335,38 @@ class _Checker:
             "classes": {key: entry[0] for key, entry in self.deferred_classes.items()},
         }
         try:
-            done = subprocess.run(
-                [sys.executable, "-m", "boss_sidecar.worker.check"],
-                input=json.dumps(request),
-                capture_output=True,
-                text=True,
-                timeout=CHECK_TIMEOUT,
-                env=worker_environment(),
-                check=False,
-            )
-            lines = done.stdout.strip().splitlines()
-            errors: dict[str, str] = json.loads(lines[-1]) if done.returncode == 0 and lines else {}
-            if done.returncode != 0 or not lines:
-                raise RuntimeError(f"the checker exited with {done.returncode}: {done.stderr.strip()[-500:]}")
-        except (OSError, subprocess.TimeoutExpired, RuntimeError, ValueError) as exc:
+            errors = check_in_child(request)
+        except CheckFailed as exc:
             self.problem(None, None, f"could not check zenoh configurations and classnames: {exc}")
             return
         for key, message in errors.items():
             _, table, field, position = self.deferred_zenoh.get(key) or self.deferred_classes[key]
             self.problem(table, field, message, position)
+
+
+class CheckFailed(ConfigError):
+    """The child interpreter that checks imports and zenoh configurations did not answer."""
+
+
+def check_in_child(request: dict[str, Any]) -> dict[str, str]:
+    """Ask ``boss_sidecar.worker.check`` in a fresh interpreter (the host never imports zenoh): errors by key."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "boss_sidecar.worker.check"],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            timeout=CHECK_TIMEOUT,
+            env=worker_environment(),
+            check=False,
+        )
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
+            raise CheckFailed(f"the checker exited with {done.returncode}: {done.stderr.strip()[-500:]}")
+        errors: dict[str, str] = json.loads(lines[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
+        raise CheckFailed(str(exc)) from None
+    return errors
 
 
 def parse_config(text: str, file: str, base: Path, *, check_imports: bool = True) -> LauncherConfig:
@@ -273,7 +381,7 @@ def parse_config(text: str, file: str, base: Path, *, check_imports: bool = True
         checker.run_deferred()
     if checker.problems:
         raise ConfigProblems(file, checker.problems)
-    return LauncherConfig(file, specs)
+    return LauncherConfig(file, specs, checker.boss_spec)
 
 
 def load_config(path: str | Path | None, *, check_imports: bool = True) -> LauncherConfig:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import queue
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,9 @@ from types import FrameType
 from typing import Any
 
 from boss_sidecar import template
-from boss_sidecar.config import LauncherConfig, SidecarSpec, load_config
+from boss_sidecar.boss import BOSS, read_source
+from boss_sidecar.boss_sources import sources_from
+from boss_sidecar.config import BossSpec, LauncherConfig, SidecarSpec, load_config
 from boss_sidecar.control import ControlServer
 from boss_sidecar.errors import ConfigError, SidecarError
 from boss_sidecar.logs import get_logger
@@ -77,8 +81,17 @@ def log_problems(problems: ConfigError, event: str) -> None:
 class Launcher:
     """Runs the sidecars of ``config_path`` (the embedded default when None) until stopped."""
 
-    def __init__(self, config_path: Path | None, socket_path: Path, *, check_imports: bool = True) -> None:
+    def __init__(
+        self,
+        config_path: Path | None,
+        socket_path: Path,
+        *,
+        check_imports: bool = True,
+        config: LauncherConfig | None = None,
+    ) -> None:
+        """``config``, when given, is used instead of a file (``boss-sidecar boss`` builds one from its flags)."""
         self.config_path = config_path.resolve() if config_path is not None else None
+        self._given = config
         self.socket_path = socket_path
         self._check_imports = check_imports
         self._commands: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -89,6 +102,9 @@ class Launcher:
         self._last_reload: str | None = None
         self._stopping = False
         self._config_file = "?"
+        self._boss: BOSS | None = None
+        self._boss_spec: BossSpec | None = None
+        self._boss_name = unique_instance_name()
 
     # ----------------------------------------------------------------- main loop
     def run(self) -> int:
@@ -107,7 +123,8 @@ class Launcher:
         except ConfigError as exc:
             log_problems(exc, "invalid configuration; nothing started")
             return 1
-        if not any(spec.policy.worker_template for spec in config.sidecars.values()):
+        boss_forks = config.boss is not None and config.boss.policy.worker_template
+        if not boss_forks and not any(spec.policy.worker_template for spec in config.sidecars.values()):
             template.stop()  # no sidecar of this config forks from it
         server = ControlServer(self.socket_path, self.handle)
         try:
@@ -117,6 +134,8 @@ class Launcher:
             return 1
         try:
             _log.info("launcher running", pid=os.getpid(), config=config.file, sidecars=sorted(config.sidecars))
+            if config.boss is not None:
+                _log.info("BOSS HERO sources", name=config.boss.name or self._boss_name, urls=len(config.boss.urls))
             self._apply(config)
             while (command := self._commands.get()) != STOP:
                 if command == RELOAD:
@@ -138,7 +157,7 @@ class Launcher:
         return previous
 
     def _load(self) -> LauncherConfig:
-        config = load_config(self.config_path, check_imports=self._check_imports)
+        config = self._given or load_config(self.config_path, check_imports=self._check_imports)
         self._config_file = config.file
         return config
 
@@ -163,6 +182,28 @@ class Launcher:
         restarted = sorted(set(retire) & set(config.sidecars))
         removed = sorted(set(retire) - set(config.sidecars))
         _log.info("configuration applied", added=added, restarted=restarted, removed=removed, kept=sorted(kept))
+        self._apply_boss(config.boss)
+
+    def _apply_boss(self, spec: BossSpec | None) -> None:
+        """BOSS's refresh: re-read the HERO sources; a changed ``[boss]`` table (realm, name, ...) starts anew."""
+        if spec != self._boss_spec and self._boss is not None:
+            self._boss.close()
+            with self._lock:
+                self._boss = None
+        self._boss_spec = spec
+        if spec is None:
+            return
+        boss = self._boss
+        if boss is None:
+            boss = BOSS(spec.name or self._boss_name, realm=spec.realm, zenoh=spec.zenoh, **spec.policy_options())
+            for source in sources_from(spec.urls, spec.env):
+                boss.add_hero_source(read_source, source)
+            if spec.expose:
+                boss.expose()
+            with self._lock:
+                self._boss = boss
+        boss.refresh_hero_sources(auto_start=spec.autostart)
+        _log.info("BOSS HEROs refreshed", heroes=sorted(boss.status()), problems=len(boss.problems))
 
     def _reload(self) -> None:
         _log.info("reloading configuration", file=self._config_file)
@@ -233,7 +274,12 @@ class Launcher:
         self._stopping = True
         with self._lock:
             everything = list(self._running.values())
+            boss = self._boss
+        if boss is not None:
+            threading.Thread(target=boss.close, name="stop-boss", daemon=True).start()  # alongside the sidecars
         self._stop(everything)
+        if boss is not None:
+            boss.close()  # waits for the thread's stops (the BOSS's lock), each bounded by its stop_timeout
 
     # ----------------------------------------------------------------- control requests
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -247,10 +293,18 @@ class Launcher:
         with self._lock:
             running = sorted(self._running.values(), key=lambda entry: entry.spec.name)
             reloads, last_reload = self._reloads, self._last_reload
+            boss = self._boss
         sidecars = [entry.health() for entry in running]
-        return {
+        problems: list[str] = []
+        if boss is not None:
+            sidecars += boss.health()
+            problems = list(boss.problems)
+        answer = {
             "ok": True,
-            "healthy": bool(sidecars) and all(entry["healthy"] for entry in sidecars) and not self._stopping,
+            "healthy": bool(sidecars)
+            and all(entry["healthy"] for entry in sidecars)
+            and not self._stopping
+            and not problems,
             "launcher": {
                 "pid": os.getpid(),
                 "config": self._config_file,
@@ -261,3 +315,11 @@ class Launcher:
             },
             "sidecars": sidecars,
         }
+        if boss is not None:
+            answer["boss"] = {"name": boss.name, "realm": boss.realm, "problems": problems}
+        return answer
+
+
+def unique_instance_name() -> str:
+    """BOSS's default ``--name``: the host name and the first part of a uuid4."""
+    return f"{platform.node()}_{str(uuid.uuid4()).split('-')[0]}"

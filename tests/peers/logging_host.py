@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from boss_sidecar import Sidecar, drop
@@ -32,7 +33,7 @@ class Keep(logging.Handler):
         fields = getattr(record, "fields", {})
         kept = {"origin": fields.get("logger"), "logger": record.name, "level": record.levelname}
         kept["event"] = getattr(record, "event", None)
-        kept.update({name: getattr(record, name, None) for name in ("sidecar", "worker_pid", "incarnation")})
+        kept.update({name: getattr(record, name, None) for name in ("sidecar", "worker_pid", "incarnation", "hero")})
         self.records.append(kept)
 
 
@@ -59,6 +60,15 @@ def embed() -> int:
     return pid
 
 
+def print_records(embed: Callable[[], int]) -> None:
+    """Under ``logging.basicConfig(level=INFO)``: run ``embed``, print its pid and every record as JSON."""
+    logging.basicConfig(level=logging.INFO)
+    keep = Keep()
+    logging.getLogger().addHandler(keep)
+    pid = embed()
+    print(json.dumps({"pid": pid, "records": keep.records}, default=repr), flush=True)
+
+
 def main() -> None:
     mode = sys.argv[1]
     if mode == "none":
@@ -74,11 +84,7 @@ def main() -> None:
         embed()
         assert structlog.get_config() == before, "the host's structlog configuration changed"
     else:
-        logging.basicConfig(level=logging.INFO)
-        keep = Keep()
-        logging.getLogger().addHandler(keep)
-        pid = embed()
-        print(json.dumps({"pid": pid, "records": keep.records}, default=repr), flush=True)
+        print_records(embed)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 ``boss-sidecar check-config`` (and ``run``, before starting anything) needs zenoh to parse a
 zenoh configuration and an import to find a hosted class; neither may happen in the host, so
 this runs in a fresh interpreter like a worker. It reads one JSON request on stdin,
-``{"zenoh": {key: [source, value]}, "classes": {key: classname}}``, and writes the answer,
+``{"zenoh": {key: [source, value]}, "classes": {key: classname}, "objects": {key: "module.name"}}``
+(``objects``: anything importable, such as a BOSS document's decorators), and writes the answer,
 ``{key: error text}`` for each that failed, as the last line on stdout.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from typing import Any
@@ -34,6 +36,12 @@ def check(request: dict[str, Any]) -> dict[str, str]:
             load_class(classname)
         except Exception as exc:
             errors[key] = str(exc)
+    for key, path in request.get("objects", {}).items():
+        module_name, _, name = path.rpartition(".")
+        try:
+            getattr(importlib.import_module(module_name), name)
+        except Exception as exc:
+            errors[key] = f"cannot import {path!r}: {type(exc).__name__}: {exc}"
     return errors
 
 

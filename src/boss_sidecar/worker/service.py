@@ -24,6 +24,7 @@ from boss_sidecar.protocol import Call
 from boss_sidecar.rpc import Endpoint
 from boss_sidecar.samples import ObjectRef, QueryReply, SampleRun, column
 from boss_sidecar.worker.forward import Forwarder, spans
+from boss_sidecar.worker.heros_session import share_session_with_heros
 from boss_sidecar.worker_api import EventKind, HostOp, Op, WorkerApi
 
 _log = get_logger("boss_sidecar.worker")
@@ -496,16 +497,8 @@ class WorkerService(WorkerApi):
         return True
 
     def _share_session_with_heros(self) -> None:
-        """Let HEROS objects hosted here use our session instead of opening a second one."""
-        heros_zenoh = sys.modules.get("heros.zenoh")
-        if heros_zenoh is None or self._session is None:
-            return
-        manager = heros_zenoh.session_manager
-        if "heros" not in manager._sessions:
-            manager._sessions["heros"] = self._session
-            # A permanent referrer keeps HEROS from closing our session when its last HERO goes.
-            manager._referrers.append(self)
-            manager._referrer_realms.append("heros")
+        """Let HEROS objects hosted here use our session, for every realm, instead of opening others."""
+        share_session_with_heros(self._session)
 
     # ----------------------------------------------------------------- shutdown
     def stop(self, reason: str) -> None:
