@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 
-from boss_sidecar import Sample, Sidecar, SidecarState
-from boss_sidecar.testing import wait_until
+from boss_sidecar import AsyncSidecar, Sample, Sidecar, SidecarState
+from boss_sidecar.testing import peer_config, wait_until
 from peers.fault_support import BOUND, worker_gone
 from peers.sidecar_support import HERE, child_environment, ok_line
 
@@ -56,6 +57,48 @@ def test_stuck_callbacks_are_shown_their_backlog_bounded_and_stop_keeps_its_dead
         assert sidecar.state == SidecarState.STOPPED
     finally:
         release.set()
+
+
+def test_async_subscriptions_are_bounded_and_a_stuck_coroutine_callback_is_shown_too() -> None:
+    """AsyncSidecar: a coroutine callback awaiting forever is listed in health(), it and an ``async for``
+    nobody reads keep at most ``subscription_backlog`` samples (the rest dropped and counted), and stop()
+    returns while the callback still awaits. Before, both queued every sample without bound."""
+
+    async def main() -> None:
+        sidecar = AsyncSidecar(
+            "stuck-async", peer_config(), subscription_backlog=BACKLOG, stuck_callback_after=0.2, stop_timeout=1.0
+        )
+        await sidecar.start()
+        entered, forever = asyncio.Event(), asyncio.Event()
+
+        async def block(_sample: Sample) -> None:
+            entered.set()
+            await forever.wait()
+
+        try:
+            await sidecar.subscribe("stuck/async", block)
+            await sidecar.subscribe("stuck/async")  # an iterator nobody reads
+            await sidecar.put("stuck/async", "first")
+            await sidecar.flush()
+            await asyncio.wait_for(entered.wait(), BOUND)
+            stuck = await asyncio.to_thread(
+                wait_until, lambda: sidecar.health().stuck_callbacks, BOUND, "the stuck callback in health()"
+            )
+            assert ["stuck-async:stuck/async" in why for why in stuck] == [True]
+            for number in range(MORE):
+                await sidecar.put("stuck/async", str(number))
+            await sidecar.flush()
+            dropped = 2 * (1 + MORE - BACKLOG)  # each subscription keeps BACKLOG of its 1 + MORE
+            await asyncio.to_thread(
+                wait_until, lambda: sidecar.health().dropped_samples == dropped, BOUND, f"{dropped} dropped"
+            )
+            await asyncio.wait_for(sidecar.stop(), BOUND)
+            assert sidecar.state == SidecarState.STOPPED
+        finally:
+            forever.set()
+            await sidecar.stop()
+
+    asyncio.run(main())
 
 
 def test_interpreter_exit_does_not_wait_for_stuck_callbacks() -> None:

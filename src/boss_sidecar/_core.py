@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, Protocol, TypeVar
 
-from boss_sidecar.delivery import CallbackDelivery, Delivery, QueueDelivery
+from boss_sidecar.delivery import Delivery
 from boss_sidecar.errors import CallTimeout, ConfigError, SidecarError
 from boss_sidecar.logs import get_logger
 from boss_sidecar.policy import SidecarPolicy
@@ -163,15 +163,9 @@ class SidecarCore:
 
     def deliveries_health(self) -> tuple[tuple[str, ...], int]:
         """Stuck callbacks and dropped items of this sidecar's deliveries, for health()."""
-        deliveries = [declaration.delivery for declaration in list(self.ledger.values())]
-        stuck = tuple(
-            why for delivery in deliveries if isinstance(delivery, CallbackDelivery) and (why := delivery.stuck())
-        )
-        dropped = sum(
-            delivery.backlog.dropped
-            for delivery in deliveries
-            if isinstance(delivery, CallbackDelivery | QueueDelivery)
-        )
+        deliveries = [declaration.delivery for declaration in list(self.ledger.values()) if declaration.delivery]
+        stuck = tuple(why for delivery in deliveries if (why := delivery.stuck()))
+        dropped = sum(delivery.backlog.dropped for delivery in deliveries if delivery.backlog is not None)
         return stuck, dropped
 
     # ----------------------------------------------------------------- running requests

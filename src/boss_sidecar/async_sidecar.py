@@ -189,7 +189,13 @@ class AsyncSidecar(SupervisedFacts):
         callback: Callable[[Any], Any] | None,
     ) -> _D:
         key = check_key(key_expr, kind)
-        delivery: AsyncDelivery[Any] = AsyncDelivery(asyncio.get_running_loop(), callback, f"{self.name}:{key_expr}")
+        delivery: AsyncDelivery[Any] = AsyncDelivery(
+            asyncio.get_running_loop(),
+            callback,
+            f"{self.name}:{key_expr}",
+            limit=self.policy.subscription_backlog,
+            stuck_after=self.policy.stuck_callback_after,
+        )
         return await self._core.adeclare(cls(self._core, kind, next(ids), key, arguments, delivery))
 
     # ----------------------------------------------------------------- hosted objects

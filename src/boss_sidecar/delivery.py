@@ -26,6 +26,13 @@ _CLOSED: Any = object()
 class Delivery(Generic[T]):
     """Base: ``put`` from the reader thread, ``close`` ends delivery once queued items are done."""
 
+    backlog: Backlog | None = None
+    """What waits for user code, and what was dropped (None: a delivery that keeps nothing)."""
+
+    def stuck(self) -> str | None:
+        """Why user code on this delivery is stuck, or None."""
+        return None
+
     def put(self, item: T) -> None:
         raise NotImplementedError
 
@@ -83,12 +90,41 @@ class Backlog:
             self.waiting -= count
 
 
+class _Busy:
+    """When user code started on the item it runs now: a run past ``stuck_after`` seconds is stuck,
+    shown by ``stuck()`` (in health()) and logged once when more items arrive."""
+
+    def __init__(self, name: str, backlog: Backlog, stuck_after: float) -> None:
+        self._name = name
+        self._backlog = backlog
+        self._stuck_after = stuck_after
+        self.since: float | None = None
+        self._warned_since: float | None = None
+
+    def stuck(self) -> str | None:
+        since = self.since
+        if since is None:
+            return None
+        running = time.monotonic() - since
+        if running < self._stuck_after:
+            return None
+        return f"callback of {self._name} running {running:.1f}s ({self._backlog.waiting} items waiting)"
+
+    def warn_if_stuck(self) -> None:
+        since = self.since
+        if since is not None and since != self._warned_since and (why := self.stuck()) is not None:
+            self._warned_since = since
+            _log.warning("callback stuck", delivery=self._name, detail=why)
+
+
 class CallbackDelivery(Delivery[T]):
     """Runs ``callback(item)`` on a dedicated thread, in arrival order; errors are logged.
 
     At most ``limit`` items wait (see Backlog). A callback running longer than ``stuck_after``
     seconds is reported by ``stuck()`` (shown in health()) and logged once when more items arrive.
     """
+
+    backlog: Backlog
 
     def __init__(
         self, callback: Callable[[T], Any], name: str, *, limit: int = 100_000, stuck_after: float = 10.0
@@ -97,9 +133,7 @@ class CallbackDelivery(Delivery[T]):
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._name = name
         self.backlog = Backlog(limit, name)
-        self._stuck_after = stuck_after
-        self._busy_since: float | None = None
-        self._warned_since: float | None = None
+        self._busy = _Busy(name, self.backlog, stuck_after)
         self._thread = threading.Thread(target=self._run, name=f"deliver-{name}", daemon=True)
         self._thread.start()
 
@@ -110,23 +144,11 @@ class CallbackDelivery(Delivery[T]):
         taken = self.backlog.admit(len(items))
         if taken:
             self._queue.put(_Many(items if taken == len(items) else items[:taken]))  # one hand-off for the lot
-        self._warn_if_stuck()
+        self._busy.warn_if_stuck()
 
     def stuck(self) -> str | None:
         """Why this delivery is stuck (its callback has run longer than ``stuck_after``), or None."""
-        since = self._busy_since
-        if since is None:
-            return None
-        running = time.monotonic() - since
-        if running < self._stuck_after:
-            return None
-        return f"callback of {self._name} running {running:.1f}s ({self.backlog.waiting} items waiting)"
-
-    def _warn_if_stuck(self) -> None:
-        since = self._busy_since
-        if since is not None and since != self._warned_since and (why := self.stuck()) is not None:
-            self._warned_since = since
-            _log.warning("callback stuck", delivery=self._name, detail=why)
+        return self._busy.stuck()
 
     def close(self, wait: bool = True) -> None:
         self._queue.put(_CLOSED)
@@ -138,21 +160,23 @@ class CallbackDelivery(Delivery[T]):
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        callback = self._callback
+        callback, busy = self._callback, self._busy
         while (queued := self._queue.get()) is not _CLOSED:
             for item in queued.items:
-                self._busy_since = time.monotonic()
+                busy.since = time.monotonic()
                 try:
                     callback(item)
                 except Exception:
                     _log.exception("callback failed", delivery=self._name)
-            self._busy_since = None
+            busy.since = None
             self.backlog.done(len(queued.items))
 
 
 class QueueDelivery(Delivery[T]):
     """Keeps items for the user to take: ``recv(timeout)`` or ``for item in delivery``; at most
     ``limit`` wait (see Backlog)."""
+
+    backlog: Backlog
 
     def __init__(self, *, limit: int = 100_000, name: str = "queue") -> None:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -187,40 +211,65 @@ class QueueDelivery(Delivery[T]):
 
 
 class AsyncDelivery(Delivery[T]):
-    """Hands items to an asyncio loop: to an (async) callback in order, or to ``async for``."""
+    """Hands items to an asyncio loop: to an (async) callback in order, or to ``async for``.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[T], Any] | None, name: str) -> None:
+    As the other deliveries: at most ``limit`` items wait (see Backlog), and a callback (or the
+    awaitable it returns) running longer than ``stuck_after`` seconds is reported by ``stuck()``."""
+
+    backlog: Backlog
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        callback: Callable[[T], Any] | None,
+        name: str,
+        *,
+        limit: int = 100_000,
+        stuck_after: float = 10.0,
+    ) -> None:
         self._loop = loop
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._name = name
+        self.backlog = Backlog(limit, name)
+        self._busy = _Busy(name, self.backlog, stuck_after)
         self._task: asyncio.Task[None] | None = None
         if callback is not None:
             self._task = loop.create_task(self._run(callback))
 
     def put(self, item: T) -> None:
-        with contextlib.suppress(RuntimeError):  # loop closed: nobody left to deliver to
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        self.put_many([item])
 
     def put_many(self, items: list[T]) -> None:
-        with contextlib.suppress(RuntimeError):  # one wake-up of the loop for the lot
-            self._loop.call_soon_threadsafe(self._put_all, items)
+        taken = self.backlog.admit(len(items))
+        if taken:
+            with contextlib.suppress(RuntimeError):  # one wake-up of the loop for the lot; closed: no one to tell
+                self._loop.call_soon_threadsafe(self._put_all, items if taken == len(items) else items[:taken])
+        self._busy.warn_if_stuck()
 
     def _put_all(self, items: list[T]) -> None:
         for item in items:
             self._queue.put_nowait(item)
+
+    def stuck(self) -> str | None:
+        return self._busy.stuck()
 
     def close(self, wait: bool = True) -> None:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._queue.put_nowait, _CLOSED)
 
     async def _run(self, callback: Callable[[T], Any]) -> None:
-        async for item in self:
+        busy = self._busy
+        while (item := await self._queue.get()) is not _CLOSED:
+            busy.since = time.monotonic()
             try:
                 result = callback(item)
                 if inspect.isawaitable(result):
                     await result
             except Exception:
                 _log.exception("callback failed", delivery=self._name)
+            finally:
+                busy.since = None
+                self.backlog.done(1)  # as CallbackDelivery: an item waits until its callback is done
 
     async def __aiter__(self) -> AsyncIterator[T]:
         while True:
@@ -228,4 +277,5 @@ class AsyncDelivery(Delivery[T]):
             if item is _CLOSED:
                 self._queue.put_nowait(_CLOSED)
                 return
+            self.backlog.done(1)
             yield item
