@@ -3,74 +3,37 @@
 A worker is a fresh interpreter (``python -m boss_sidecar.worker``), or a fork of the template
 process (``template.TemplateBackend``, never a fork of the host), talking over a private socketpair.
 One monitor thread waits for the channel to end and applies the restart policy; one heartbeat
-thread pings the worker and kills it when it hangs or breaks its limits.
+thread (``_heartbeat.HeartbeatWatch``) pings the worker and kills it when it hangs or breaks its limits.
+The worker process and its channel are an ``Incarnation`` (``_incarnation``).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import multiprocessing
 import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
 
-from boss_sidecar._process import WorkerProcess, worker_environment
+from boss_sidecar._heartbeat import HeartbeatWatch
+from boss_sidecar._incarnation import Incarnation, ProcessBackend, spawn_incarnation
 from boss_sidecar.errors import CallTimeout, SidecarCrashed, SidecarError, SidecarUnavailable
-from boss_sidecar.health import Health, ProcessProbe
+from boss_sidecar.health import Health
 from boss_sidecar.logs import get_logger
 from boss_sidecar.policy import SidecarPolicy
 from boss_sidecar.rpc import Endpoint
 from boss_sidecar.states import ACTIVE_STATES, SidecarState, StateChange, StateMachine
-from boss_sidecar.stopping import WORKER_STOP_SHARE, describe_exit, terminate
+from boss_sidecar.stopping import describe_exit, terminate
 
 S = SidecarState
 _log = get_logger("boss_sidecar.supervisor")
 _FORKED_REASON = "this is a forked child: the worker belongs to the parent process; make a new Sidecar here"
-
-
-class ProcessBackend:
-    """The side effects of supervision (spawning, signalling, the clock); tests may replace it."""
-
-    def spawn(self, command: list[str], channel_fd: int, env: dict[str, str]) -> WorkerProcess:
-        # Its own process group: if the host dies while the worker is stopped (SIGSTOP, a debugger),
-        # the orphaned group gets SIGHUP and SIGCONT from the kernel, so the worker cannot linger.
-        return subprocess.Popen(
-            command, pass_fds=[channel_fd], env=env, stdin=subprocess.DEVNULL, close_fds=True, process_group=0
-        )
-
-    def kill(self, process: WorkerProcess, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signum)
-
-    def now(self) -> float:
-        return time.monotonic()
-
-
-@dataclass
-class Incarnation:
-    """One worker process and its channel; a restart makes a new one."""
-
-    number: int
-    process: WorkerProcess
-    endpoint: Endpoint
-    started: float
-    probe: ProcessProbe
-    kill_reason: str | None = None
-    exit_expected: bool = False
-    cpu_over_since: float | None = None
-    heartbeat_rtt: float | None = None
-    heartbeat_at: float | None = None
-    ready_at: float | None = None
-    log: Any = field(default=None)
 
 
 @dataclass(frozen=True)
@@ -134,6 +97,9 @@ class Supervisor:
         self._restart_hooks: list[Callable[[int, str], None]] = []
         self._monitor: threading.Thread | None = None
         self._heartbeat: threading.Thread | None = None
+        self._heartbeats = HeartbeatWatch(
+            policy, self._cond, ended=lambda run: run != self._run, running=self._running_worker, kill=self.kill_hung
+        )
         self._owner_pid = os.getpid()
 
     # ----------------------------------------------------------------- facts
@@ -206,7 +172,7 @@ class Supervisor:
             target=self._monitor_loop, args=(run,), name=f"{self.name}-monitor", daemon=True
         )
         self._heartbeat = threading.Thread(
-            target=self._heartbeat_loop, args=(run,), name=f"{self.name}-heartbeat", daemon=True
+            target=self._heartbeats.watch, args=(run,), name=f"{self.name}-heartbeat", daemon=True
         )
         self._monitor.start()
         self._heartbeat.start()
@@ -238,39 +204,15 @@ class Supervisor:
         return incarnation
 
     def _new_incarnation(self) -> Incarnation:
-        parent_end, child_end = multiprocessing.Pipe(duplex=True)
         self._incarnations += 1
-        number = self._incarnations
-        command = [
-            sys.executable,
-            "-m",
-            "boss_sidecar.worker",
-            "--fd",
-            str(child_end.fileno()),
-            "--parent-pid",
-            str(os.getpid()),
-            "--log-level",
-            self.policy.log_level,
-            "--stop-bound",
-            f"{self.policy.stop_timeout * WORKER_STOP_SHARE:.3f}",
-            "--incarnation",
-            str(number),
-            "--busy-wait",
-            repr(self.policy.busy_wait),
-            "--",  # what follows is the name, never read as an option, whatever it looks like
+        return spawn_incarnation(
             self.name,
-        ]
-        started = self._backend.now()
-        try:
-            process = self._backend.spawn(command, child_end.fileno(), worker_environment())
-        except BaseException:
-            parent_end.close()
-            raise
-        finally:
-            child_end.close()
-        log = self._log.bind(worker_pid=process.pid, incarnation=number)
-        endpoint = self._make_endpoint(parent_end, number)
-        return Incarnation(number, process, endpoint, started, ProcessProbe(process.pid), log=log)
+            self._incarnations,
+            self.policy,
+            backend=self._backend,
+            make_endpoint=self._make_endpoint,
+            log=self._log,
+        )
 
     def _ensure_gone(self, previous: Incarnation) -> None:
         """One worker at a time: the previous one must be gone (killed now if a stop ran out of time)."""
@@ -487,52 +429,6 @@ class Supervisor:
             incarnation.process.wait(timeout=1.0)
         incarnation.endpoint.close("worker killed")
 
-    # ----------------------------------------------------------------- heartbeats and limits
-    def _heartbeat_loop(self, run: int) -> None:
-        policy = self.policy
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: run != self._run, timeout=policy.heartbeat_interval)
-                if run != self._run:
-                    return
-                incarnation = self._current
-                running = self.state == S.RUNNING
-            if incarnation is None or not running or incarnation.endpoint.is_closed:
-                continue
-            try:
-                incarnation.heartbeat_rtt = incarnation.endpoint.ping(timeout=policy.heartbeat_timeout)
-                incarnation.heartbeat_at = time.monotonic()
-            except CallTimeout:
-                self.kill_hung(incarnation, f"hung: no heartbeat answer within {policy.heartbeat_timeout:g}s")
-                continue
-            except SidecarError:
-                continue  # the channel ended: the monitor handles it
-            overdue = incarnation.endpoint.peer_overdue
-            if overdue:
-                self.kill_hung(incarnation, f"hung: {overdue[0]}")
-                continue
-            self._check_limits(incarnation)
-
-    def _check_limits(self, incarnation: Incarnation) -> None:
-        policy = self.policy
-        reading = incarnation.probe.read()
-        if policy.max_rss_mb is not None and reading.rss_bytes is not None:
-            rss_mb = reading.rss_bytes / 1e6
-            if rss_mb > policy.max_rss_mb:
-                self.kill_hung(incarnation, f"memory limit: RSS {rss_mb:.0f} MB > {policy.max_rss_mb:g} MB")
-                return
-        if policy.max_cpu_percent is not None and reading.cpu_percent is not None:
-            now = time.monotonic()
-            if reading.cpu_percent <= policy.max_cpu_percent:
-                incarnation.cpu_over_since = None
-            elif incarnation.cpu_over_since is None:
-                incarnation.cpu_over_since = now
-            elif now - incarnation.cpu_over_since >= policy.cpu_window:
-                self.kill_hung(
-                    incarnation,
-                    f"CPU limit: above {policy.max_cpu_percent:g}% for {policy.cpu_window:g}s",
-                )
-
     # ----------------------------------------------------------------- stop and restart
     def stop(self, timeout: float | None = None) -> None:
         """Stop the worker within ``timeout``: ask politely, then SIGTERM, then SIGKILL (see stopping.py).
@@ -633,7 +529,7 @@ class Supervisor:
         heartbeat_age = None
         if current is not None and current.heartbeat_at is not None:
             heartbeat_age = now - current.heartbeat_at
-        overdue = self._heartbeat_overdue(current, now) if state == S.RUNNING and alive else None
+        overdue = self._heartbeats.overdue(current, now) if state == S.RUNNING and alive else None
         stuck, dropped = self._host_health() if self._host_health is not None else ((), 0)
         return Health(
             name=self.name,
@@ -655,22 +551,9 @@ class Supervisor:
             dropped_samples=dropped,
         )
 
-    def _heartbeat_overdue(self, current: Incarnation | None, now: float) -> str | None:
-        """Why a running worker counts as unhealthy before the heartbeat timeout kills it, if it does.
-
-        A beat is due every ``heartbeat_interval``; one missed (silence beyond a second interval,
-        or the timeout if shorter) is reported at once, not only when the kill comes.
-        """
-        if current is None:
-            return None
-        last = current.heartbeat_at if current.heartbeat_at is not None else current.ready_at
-        if last is None:
-            return None
-        policy = self.policy
-        silent = now - last
-        if silent <= policy.heartbeat_interval + min(policy.heartbeat_interval, policy.heartbeat_timeout):
-            return None
-        return f"heartbeat overdue: no answer for {silent:.1f}s (killed after {policy.heartbeat_timeout:g}s)"
+    def _running_worker(self) -> Incarnation | None:
+        """The current worker while RUNNING (for the heartbeat watch; called under the condition)."""
+        return self._current if self.state == S.RUNNING else None
 
 
 __all__ = ["Incarnation", "ProcessBackend", "SidecarCrashed", "Supervisor"]
