@@ -2,29 +2,27 @@
 
 The host never imports zenoh. Declarations are kept in a ledger and declared again on every new
 worker, so callbacks keep firing across restarts. Puts are fire-and-forget and coalesced: a
-flusher thread sends whatever piled up as one message, so a put costs no round trip.
+flusher thread sends whatever piled up as one message, so a put costs no round trip (``_puts``).
 """
 
 from __future__ import annotations
 
 import atexit
-import collections
 import contextlib
-import itertools
 import json
 import os
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from boss_sidecar._core import Request, SidecarCore, check_key, check_name, ids, options, shared_put_options
+from boss_sidecar._puts import PutPipeline
 from boss_sidecar.delivery import CallbackDelivery, Delivery, QueueDelivery
-from boss_sidecar.errors import CallTimeout, ConfigError, PutsUnconfirmed, SidecarError, SidecarUnavailable
+from boss_sidecar.errors import ConfigError, SidecarError
 from boss_sidecar.health import Health
 from boss_sidecar.hosted import HostedObject
 from boss_sidecar.logs import get_logger
@@ -39,10 +37,6 @@ from boss_sidecar.worker_api import DECLARE, Op
 
 _log = get_logger("boss_sidecar.sidecar")
 _live: weakref.WeakSet[Sidecar] = weakref.WeakSet()
-MAX_PUT_BATCH_BYTES = 8 * 1024 * 1024
-MAX_BATCHES_IN_FLIGHT = 4
-"""Put batches sent and not yet confirmed at most: enough to keep the worker busy while the next one
-travels, few enough that a worker that freezes holds only these; the rest wait for the next worker."""
 
 
 def zenoh_config_source(config: dict[str, Any] | str | os.PathLike[str] | None) -> tuple[str, str | None]:
@@ -64,14 +58,6 @@ def zenoh_config_source(config: dict[str, Any] | str | os.PathLike[str] | None) 
 
 # The put path reads these names; they live in the shared core.
 _check_key, _options, _shared_put_options = check_key, options, shared_put_options
-
-
-class _Batch(NamedTuple):
-    """Puts sent to a worker and not yet confirmed by it."""
-
-    endpoint: Endpoint
-    seq: int
-    puts: int
 
 
 @dataclass(eq=False)
@@ -187,30 +173,27 @@ class Sidecar(SupervisedFacts):
     ) -> None:
         self.name = check_name(name)
         self.policy = SidecarPolicy.from_options(policy)
-        self._put_errors: list[str] = []
-        self._unconfirmed = 0  # puts handed to a worker that ended before confirming them
-        self._in_flight: collections.deque[_Batch] = collections.deque()  # sent, not yet confirmed
-        self._batch_numbers = itertools.count(1)
-        self._puts: list[tuple[str, bytes, dict[str, Any] | None]] = []
-        self._puts_size = 0
-        self._put_cond = threading.Condition()
-        self._flusher: threading.Thread | None = None
-        self._flushing = False
-        self._closing = False
         self._log = _log.bind(sidecar=name)
+        self._put_pipeline = PutPipeline(
+            self.name,
+            self.policy,
+            self._log,
+            endpoint=lambda timeout: self._supervisor.endpoint(timeout),  # noqa: PLW0108 (made with the core, below)
+            sync=lambda timeout: self._call(Op.SYNC, (), timeout),
+        )
         self.core = SidecarCore(
             name,
             self.policy,
             zenoh_config_source(zenoh),
             backend=backend if backend is not None else default_backend(self.policy),
-            check_puts=self._raise_put_errors,
-            put_failed=self._put_failed,
-            puts_done=self._confirm_batches,
+            check_puts=self._put_pipeline.raise_errors,
+            put_failed=self._put_pipeline.put_failed,
+            puts_done=self._put_pipeline.confirm_batches,
         )
         """What Sidecar and AsyncSidecar share (internal: not a stable API)."""
         self._supervisor = self.core.supervisor
         # A worker ended: its unconfirmed batches are counted before the next call can run.
-        self._supervisor.on_state_change(lambda _change: self._settle_batches())
+        self._supervisor.on_state_change(lambda _change: self._put_pipeline.settle_batches())
         _live.add(self)
 
     # ----------------------------------------------------------------- lifecycle
@@ -221,11 +204,9 @@ class Sidecar(SupervisedFacts):
         """
         if self._supervisor.state == SidecarState.STOPPING:
             self.stop()
-        self._closing = False
+        self._put_pipeline.open()
         self._supervisor.start()
-        if self._flusher is None or not self._flusher.is_alive():
-            self._flusher = threading.Thread(target=self._flush_loop, name=f"{self.name}-puts", daemon=True)
-            self._flusher.start()
+        self._put_pipeline.start_flusher()
         return self
 
     def stop(self, timeout: float | None = None) -> None:
@@ -241,9 +222,7 @@ class Sidecar(SupervisedFacts):
         if self._supervisor.state == SidecarState.RUNNING:
             with contextlib.suppress(SidecarError):
                 self.flush(timeout=seconds * FLUSH_SHARE)
-        self._closing = True
-        with self._put_cond:
-            self._put_cond.notify_all()
+        self._put_pipeline.close()
         self._supervisor.stop(max(0.0, deadline - time.monotonic()))
         self.core.end_declarations(deadline)  # iterators finish; restart() keeps the declarations instead
 
@@ -274,7 +253,7 @@ class Sidecar(SupervisedFacts):
     @property
     def queued_puts(self) -> int:
         """Puts accepted and not yet handed to the worker (at most the policy's put_buffer)."""
-        return len(self._puts)
+        return self._put_pipeline.queued
 
     # ----------------------------------------------------------------- publishing
     def put(
@@ -293,7 +272,7 @@ class Sidecar(SupervisedFacts):
         congestion_control: "drop" | "block" | "block_first"; priority: a zenoh Priority name
         such as "data" or "real_time" (case-insensitive).
         """
-        self._raise_put_errors()
+        self._put_pipeline.raise_errors()
         if type(payload) is not bytes:  # the common case skips building the error text
             payload = normalise_payload(payload, f"put {key_expr!r}")
         options: dict[str, Any] | None = None
@@ -312,18 +291,7 @@ class Sidecar(SupervisedFacts):
                 express=express,
                 attachment=attachment,
             )
-        item = (_check_key(key_expr, "put"), payload, options)
-        with self._put_cond:
-            if len(self._puts) >= self.policy.put_buffer and not self._put_cond.wait_for(
-                lambda: len(self._puts) < self.policy.put_buffer or self._closing, timeout=self.policy.call_timeout
-            ):
-                raise CallTimeout(f"{self.name}: put buffer full for {self.policy.call_timeout:g}s")
-            if self._closing:
-                raise SidecarUnavailable(f"{self.name} is stopped")
-            self._puts.append(item)
-            self._puts_size += len(item[1]) + len(key_expr)
-            if len(self._puts) == 1:
-                self._put_cond.notify_all()
+        self._put_pipeline.add((_check_key(key_expr, "put"), payload, options))
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every earlier put reached the worker and ran; raise the first put error.
@@ -332,124 +300,7 @@ class Sidecar(SupervisedFacts):
         confirming them (each may or may not have been published); puts not yet handed over when
         a worker ended go to the next one, in order.
         """
-        seconds = self.policy.call_timeout if timeout is None else timeout
-        with self._put_cond:
-            if not self._put_cond.wait_for(lambda: not self._puts and not self._flushing, timeout=seconds):
-                raise CallTimeout(f"{self.name}: puts not sent within {seconds:g}s")
-        self._settle_batches()
-        try:
-            self._call(Op.SYNC, (), seconds)  # the worker confirmed and reported every earlier batch before this
-        except SidecarError:
-            self._settle_batches()
-            self._raise_put_errors()
-            raise
-        self._raise_put_errors()
-
-    def _raise_put_errors(self) -> None:
-        if not self._put_errors and not self._unconfirmed:
-            return
-        with self._put_cond:  # the flusher and the reader thread add to these
-            errors, self._put_errors = self._put_errors, []
-            unconfirmed, self._unconfirmed = self._unconfirmed, 0
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        if unconfirmed:
-            also = f"; also: {errors[0]}{more}" if errors else ""
-            raise PutsUnconfirmed(
-                f"{self.name}: {unconfirmed} puts went to a worker that ended before confirming them "
-                f"(each may or may not have been published){also}",
-                unconfirmed,
-            )
-        raise SidecarError(f"{self.name}: {errors[0]}{more}")
-
-    def _confirm_batches(self, seq: int) -> None:
-        with self._put_cond:
-            while self._in_flight and self._in_flight[0].seq <= seq:
-                self._in_flight.popleft()
-            self._put_cond.notify_all()
-
-    def _settle_batches(self) -> None:
-        """Count the puts of batches whose worker's channel ended before it confirmed them.
-
-        The channel delivers the worker's confirmations in order before its end, so once it is
-        closed, a batch still here will never be confirmed.
-        """
-        with self._put_cond:
-            while self._in_flight and self._in_flight[0].endpoint.is_closed:
-                lost = self._in_flight.popleft()
-                self._unconfirmed += lost.puts
-                self._log.warning("puts unconfirmed", count=lost.puts)
-            self._put_cond.notify_all()
-
-    def _flush_loop(self) -> None:
-        """Send queued puts as batches (events, so one goes out while the worker runs the last).
-
-        A batch is taken only once a running worker is there, so puts wait in the host through a
-        restart and go to the next worker in order. The worker confirms each batch once zenoh has it;
-        a batch whose worker ended before confirming it is counted (``PutsUnconfirmed``), never resent:
-        it may have been published already.
-        """
-        while True:
-            with self._put_cond:
-                self._put_cond.wait_for(lambda: bool(self._puts) or self._closing)
-                if not self._puts and self._closing:
-                    return
-                # Confirmations and a worker's end (settled on the state change) wake this; bounded anyway.
-                if not self._put_cond.wait_for(
-                    lambda: len(self._in_flight) < MAX_BATCHES_IN_FLIGHT or self._closing, self.policy.call_timeout
-                ):
-                    continue
-            try:
-                endpoint = self._supervisor.endpoint(self.policy.call_timeout)
-            except CallTimeout:
-                continue  # still restarting: the puts stay queued (put() waits when the buffer is full)
-            except SidecarError as exc:
-                self._drop_queued(exc)
-                continue
-            with self._put_cond:
-                batch = self._take_batch()
-                seq = next(self._batch_numbers)
-                self._in_flight.append(_Batch(endpoint, seq, len(batch)))
-                self._flushing = True
-                self._put_cond.notify_all()
-            try:
-                endpoint.notify(Op.PUT_BATCH, batch, seq)
-            except SidecarError:
-                pass  # the channel ended: the batch is counted once it is settled
-            finally:
-                with self._put_cond:
-                    self._flushing = False
-                    self._put_cond.notify_all()
-            if endpoint.is_closed:
-                self._settle_batches()
-
-    def _drop_queued(self, error: SidecarError) -> None:
-        """The sidecar stopped or failed: queued puts have nowhere to go; say so, never silently."""
-        with self._put_cond:
-            dropped, self._puts, self._puts_size = len(self._puts), [], 0
-            if dropped:
-                self._put_errors.append(f"{dropped} puts not sent: {error}")
-            self._put_cond.notify_all()
-        if dropped:
-            self._log.warning("puts not sent", count=dropped, error=str(error))
-
-    def _put_failed(self, errors: list[str]) -> None:
-        with self._put_cond:  # the reader thread reports them; the flusher adds its own
-            self._put_errors.extend(errors)
-
-    def _take_batch(self) -> list[tuple[str, bytes, dict[str, Any] | None]]:
-        if self._puts_size <= MAX_PUT_BATCH_BYTES:
-            batch, self._puts, self._puts_size = self._puts, [], 0
-            return batch
-        size = 0
-        for index, (key, payload, _options) in enumerate(self._puts):
-            size += len(payload) + len(key)
-            if size > MAX_PUT_BATCH_BYTES and index > 0:
-                break
-        else:
-            index = len(self._puts)
-        batch, self._puts = self._puts[:index], self._puts[index:]
-        self._puts_size = sum(len(payload) + len(key) for key, payload, _ in self._puts)
-        return batch
+        self._put_pipeline.flush(self.policy.call_timeout if timeout is None else timeout)
 
     def delete(
         self,
@@ -568,7 +419,7 @@ def _stop_all_at_exit() -> None:
 
 def _after_fork_in_child() -> None:
     for sidecar in list(_live):
-        sidecar._closing = True  # no flusher thread here: a put must fail, not pile up
+        sidecar._put_pipeline.forget_after_fork()
         sidecar._supervisor.forget_after_fork()
 
 
