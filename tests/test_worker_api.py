@@ -24,6 +24,7 @@ SOURCES = [
     "boss_sidecar.sidecar",
     "boss_sidecar.async_sidecar",
     "boss_sidecar.worker.service",
+    "boss_sidecar.worker.hosting",
     "boss_sidecar.worker.__main__",
 ]
 

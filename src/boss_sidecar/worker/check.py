@@ -17,7 +17,7 @@ from typing import Any
 
 import zenoh
 
-from boss_sidecar.worker.service import load_class
+from boss_sidecar.worker.hosting import load_class
 
 
 def check(request: dict[str, Any]) -> dict[str, str]:

@@ -2,13 +2,13 @@
 
 Every public method here is callable by the host through the Endpoint. zenoh objects never
 cross the channel (the host must not import zenoh): samples, replies and queries travel as plain
-tuples, zenoh errors as ``ZenohError`` carrying zenoh's text.
+tuples, zenoh errors as ``ZenohError`` carrying zenoh's text (``convert``). Loading, wiring and
+releasing a hosted object: ``hosting``.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import os
 import sys
@@ -22,172 +22,17 @@ from boss_sidecar.errors import ConfigError, SidecarUnavailable, ZenohError
 from boss_sidecar.logs import get_logger
 from boss_sidecar.protocol import Call
 from boss_sidecar.rpc import Endpoint
-from boss_sidecar.samples import ObjectRef, QueryReply, SampleRun, column
-from boss_sidecar.worker.forward import Forwarder, spans
+from boss_sidecar.samples import ObjectRef, QueryReply
+from boss_sidecar.worker.convert import convert_samples, qos, query_fields, take_runs, zenoh_call
+from boss_sidecar.worker.forward import Forwarder
 from boss_sidecar.worker.heros_session import share_session_with_heros
-from boss_sidecar.worker_api import EventKind, HostOp, Op, WorkerApi
+from boss_sidecar.worker.hosting import RemoteObject, load_class, takes_name, teardown
+from boss_sidecar.worker_api import EventKind, Op, WorkerApi
 
 _log = get_logger("boss_sidecar.worker")
 
 SUBSCRIBER_CHANNEL = 1024
 """Samples a subscriber's channel holds; should its drain thread fall that far behind, zenoh waits."""
-MAX_RUN = 512
-"""Samples a drain thread takes from its channel at once."""
-_CONGESTION = {"drop": "DROP", "block": "BLOCK", "block_first": "BLOCK_FIRST"}
-_TARGETS = {"best_matching": "BEST_MATCHING", "all": "ALL", "all_complete": "ALL_COMPLETE"}
-_PRIORITIES = {
-    name.lower(): name
-    for name in ("REAL_TIME", "INTERACTIVE_HIGH", "INTERACTIVE_LOW", "DATA_HIGH", "DATA", "DATA_LOW", "BACKGROUND")
-}
-
-
-def _zenoh_enum(enum: Any, table: dict[str, str], value: object, what: str) -> Any:
-    # zenoh's enums are PyO3 classes without __members__: the table names the choices.
-    name = table.get(value.lower()) if isinstance(value, str) else None
-    if name is None or not hasattr(enum, name):
-        raise ValueError(f"{what} must be one of {sorted(table)}, got {value!r}")
-    return getattr(enum, name)
-
-
-def _qos(options: dict[str, Any] | None) -> dict[str, Any]:
-    """zenoh keyword arguments from the plain options the host sends."""
-    if not options:
-        return {}
-    kwargs: dict[str, Any] = {}
-    for key, value in options.items():
-        if value is None:
-            continue
-        if key == "congestion_control":
-            kwargs[key] = _zenoh_enum(zenoh.CongestionControl, _CONGESTION, value, key)
-        elif key == "priority":
-            kwargs[key] = _zenoh_enum(zenoh.Priority, _PRIORITIES, value, key)
-        elif key == "target":
-            kwargs[key] = _zenoh_enum(zenoh.QueryTarget, _TARGETS, value, key)
-        elif key in ("encoding", "express", "attachment", "payload", "timeout"):
-            kwargs[key] = value
-        else:
-            raise ValueError(f"unknown option {key!r}")
-    return kwargs
-
-
-def _zenoh_call(what: str, function: Callable[[], Any]) -> Any:
-    """Run a zenoh operation, turning zenoh's errors into ones the host can unpickle."""
-    try:
-        return function()
-    except zenoh.ZError as exc:
-        raise ZenohError(f"{what}: {exc}") from None
-    except (ValueError, TypeError) as exc:
-        raise ZenohError(f"{what}: {exc}") from None
-
-
-_PUT = zenoh.SampleKind.PUT
-
-
-def sample_runs(decl_id: int, samples: list[Any]) -> list[SampleRun]:
-    """``samples`` (of one declaration) as runs for the host, each of at most MAX_MESSAGE_BYTES of payload
-    (or one sample), so the forwarder can keep messages small."""
-    payloads = [sample.payload.to_bytes() for sample in samples]
-    runs: list[SampleRun] = []
-    for start, end in spans(list(map(len, payloads))):
-        part = samples[start:end]
-        timestamps = [sample.timestamp for sample in part]
-        attachments = [sample.attachment for sample in part]
-        runs.append(
-            (
-                decl_id,
-                column([str(sample.key_expr) for sample in part]),
-                payloads[start:end],
-                column(["put" if sample.kind == _PUT else "delete" for sample in part]),
-                column([str(sample.encoding) for sample in part]),
-                column([None if stamp is None else str(stamp) for stamp in timestamps]),
-                column([None if extra is None else extra.to_bytes() for extra in attachments]),
-            )
-        )
-    return runs
-
-
-def convert_samples(decl_id: int, samples: list[Any]) -> list[SampleRun]:
-    """``sample_runs``; should that fail, each sample alone, one that cannot be converted logged and left out."""
-    try:
-        return sample_runs(decl_id, samples)
-    except Exception:
-        runs: list[SampleRun] = []
-        for sample in samples:
-            try:
-                runs += sample_runs(decl_id, [sample])
-            except Exception:
-                _log.exception("could not convert sample for the host", decl_id=decl_id)
-        return runs
-
-
-def _take_runs(decl_id: int, channel: Any) -> list[SampleRun]:
-    """The samples waiting in a subscriber's channel (waiting for one if none), converted at once.
-
-    Converted here rather than on the forwarder's thread, and the zenoh samples let go when this
-    returns: a sample holds zenoh's buffer, which may be the publisher's shared memory. A publisher on
-    this machine puts large payloads in a pool of its own (16 MiB by default) when it can, and sends
-    them through the socket (at several times the CPU cost, on both sides) when the pool is taken up.
-    Samples waiting for the forwarder used to hold the whole pool: measured with 64 KiB samples, the
-    peer's CPU per sample went from about 35 to 20 us."""
-    samples = [channel.recv()]
-    while len(samples) < MAX_RUN and (sample := channel.try_recv()) is not None:
-        samples.append(sample)
-    return convert_samples(decl_id, samples)
-
-
-def _query_fields(query: Any) -> tuple[str, str, str, bytes | None, str | None, bytes | None]:
-    payload, encoding, attachment = query.payload, query.encoding, query.attachment
-    return (
-        str(query.selector),
-        str(query.key_expr),
-        str(query.parameters),
-        None if payload is None else payload.to_bytes(),
-        None if encoding is None else str(encoding),
-        None if attachment is None else attachment.to_bytes(),
-    )
-
-
-def load_class(classname: str) -> type:
-    """Import ``pkg.mod:Class`` or ``pkg.mod.Class``; errors name what was missing."""
-    if ":" in classname:
-        module_name, _, qualname = classname.partition(":")
-    else:
-        module_name, _, qualname = classname.rpartition(".")
-    if not module_name or not qualname:
-        raise ConfigError(f"classname {classname!r} must look like 'package.module:Class' or 'package.module.Class'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot host {classname!r}: module {module_name!r} not importable: {exc}") from None
-    obj: Any = module
-    for part in qualname.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigError(f"cannot host {classname!r}: {module_name!r} has no {qualname!r}") from None
-    if not isinstance(obj, type):
-        raise ConfigError(f"cannot host {classname!r}: it is a {type(obj).__name__}, not a class")
-    return obj
-
-
-class RemoteObject:
-    """A host object, seen from the worker: attribute access becomes calls back to the host."""
-
-    def __init__(self, endpoint: Endpoint, ref: ObjectRef) -> None:
-        self._endpoint = endpoint
-        self._ref = ref
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name.startswith("_"):
-            raise AttributeError(name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self._endpoint.request(HostOp.CALL_EXPORTED, (self._ref.ref_id, name, args, kwargs))
-
-        return call
-
-    def __repr__(self) -> str:
-        return f"<RemoteObject {self._ref.type_name} #{self._ref.ref_id} in the host>"
 
 
 class WorkerService(WorkerApi):
@@ -219,7 +64,7 @@ class WorkerService(WorkerApi):
         if kind in (EventKind.SAMPLES, EventKind.LOGS, EventKind.PUT_FAILED, EventKind.PUTS_DONE):  # runs already
             return items
         if kind == EventKind.QUERIES:
-            converted = [(decl_id, query, _query_fields(query)) for decl_id, query in items]
+            converted = [(decl_id, query, query_fields(query)) for decl_id, query in items]
             answerable = []
             for decl_id, query, fields in converted:  # kept only once all converted: none is orphaned
                 query_id = next(self._query_ids)
@@ -265,7 +110,7 @@ class WorkerService(WorkerApi):
         except (zenoh.ZError, ValueError, OSError) as exc:
             origin = {"file": f"file {value}", "env": "HEROS_ZENOH_CONFIG"}.get(source, "configuration")
             raise ConfigError(f"invalid zenoh {origin}: {exc}") from None
-        self._session = _zenoh_call("open zenoh session", lambda: zenoh.open(config))
+        self._session = zenoh_call("open zenoh session", lambda: zenoh.open(config))
         _log.info("zenoh session open", zid=str(self._session.zid()))
         return self.info()
 
@@ -297,7 +142,7 @@ class WorkerService(WorkerApi):
                     continue
                 kwargs = converted.get(id(options))
                 if kwargs is None:
-                    kwargs = converted[id(options)] = _qos(options)
+                    kwargs = converted[id(options)] = qos(options)
                 session.put(key, payload, **kwargs)
             except Exception as exc:
                 self._push(EventKind.PUT_FAILED, f"put {key!r}: {exc}")
@@ -306,12 +151,12 @@ class WorkerService(WorkerApi):
 
     def delete(self, key_expr: str, options: dict[str, Any] | None = None) -> None:
         session = self._require_session()
-        _zenoh_call(f"delete {key_expr!r}", lambda: session.delete(key_expr, **_qos(options)))
+        zenoh_call(f"delete {key_expr!r}", lambda: session.delete(key_expr, **qos(options)))
 
     def get(self, selector: str, options: dict[str, Any]) -> list[tuple[bool, str | None, bytes, str]]:
         """Query and collect every reply (errors included) until zenoh's timeout ends the query."""
         session = self._require_session()
-        replies = _zenoh_call(f"get {selector!r}", lambda: session.get(selector, **_qos(options)))
+        replies = zenoh_call(f"get {selector!r}", lambda: session.get(selector, **qos(options)))
         collected: list[tuple[bool, str | None, bytes, str]] = []
         for reply in replies:
             ok = reply.ok
@@ -325,7 +170,7 @@ class WorkerService(WorkerApi):
     def liveliness_get(self, key_expr: str, timeout: float) -> list[str]:
         """Key expressions of the liveliness tokens alive now."""
         session = self._require_session()
-        replies = _zenoh_call(
+        replies = zenoh_call(
             f"liveliness get {key_expr!r}", lambda: session.liveliness().get(key_expr, timeout=timeout)
         )
         return [str(reply.ok.key_expr) for reply in replies if reply.ok is not None]
@@ -351,7 +196,7 @@ class WorkerService(WorkerApi):
         push_many = self._forwarder.push_many
         try:
             while True:
-                push_many(EventKind.SAMPLES, _take_runs(decl_id, channel))
+                push_many(EventKind.SAMPLES, take_runs(decl_id, channel))
         except zenoh.ZError:  # undeclared, or the session closed: the channel is closed and empty
             return
 
@@ -385,12 +230,12 @@ class WorkerService(WorkerApi):
         )
 
     def _declare(self, decl_id: int, what: str, declare: Callable[[], Any]) -> Any:
-        entity = _zenoh_call(what, declare)
+        entity = zenoh_call(what, declare)
         with self._lock:
             previous = self._declarations.pop(decl_id, None)
             self._declarations[decl_id] = entity
         if previous is not None:
-            _zenoh_call(f"undeclare {decl_id}", previous.undeclare)
+            zenoh_call(f"undeclare {decl_id}", previous.undeclare)
         return entity
 
     def undeclare(self, decl_id: int) -> bool:
@@ -399,7 +244,7 @@ class WorkerService(WorkerApi):
             entity = self._declarations.pop(decl_id, None)
         if entity is None:
             return False
-        _zenoh_call(f"undeclare {decl_id}", entity.undeclare)
+        zenoh_call(f"undeclare {decl_id}", entity.undeclare)
         return True
 
     def reply(self, query_id: int, replies: list[QueryReply], error: bytes | None = None) -> None:
@@ -432,7 +277,7 @@ class WorkerService(WorkerApi):
         ``default_name`` (BOSS's ``_id``) is passed as ``name`` when the class takes one.
         """
         cls = load_class(classname)
-        if default_name is not None and "name" not in kwargs and _takes_name(cls):
+        if default_name is not None and "name" not in kwargs and takes_name(cls):
             kwargs = {**kwargs, "name": default_name}
         self._share_session_with_heros()
         keywords = dict(zip(kwargs, self._resolve_refs(tuple(kwargs.values())), strict=True))
@@ -493,7 +338,7 @@ class WorkerService(WorkerApi):
             instance = self._objects.pop(obj_id, None)
         if instance is None:
             return False
-        _teardown(instance)
+        teardown(instance)
         return True
 
     def _share_session_with_heros(self) -> None:
@@ -515,7 +360,7 @@ class WorkerService(WorkerApi):
             objects, self._objects = self._objects, {}
             declarations, self._declarations = self._declarations, {}
         for instance in objects.values():
-            _teardown(instance)
+            teardown(instance)
         for query in self._queries.values():
             query.drop()
         self._queries.clear()
@@ -531,22 +376,3 @@ class WorkerService(WorkerApi):
                 _log.warning("session close failed", error=str(exc))
         if self._forwarder is not None:
             self._forwarder.close()
-
-
-def _takes_name(cls: type) -> bool:
-    try:
-        parameters = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
-    return "name" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-
-
-def _teardown(instance: Any) -> None:
-    """Release a hosted object the way BOSS does: its ``_teardown``, then a HERO's ``_destroy_hero``."""
-    for hook in ("_teardown", "_destroy_hero"):
-        method = getattr(instance, hook, None)
-        if callable(method):
-            try:
-                method()
-            except Exception as exc:
-                _log.warning("hosted object teardown failed", hook=hook, error=str(exc))
