@@ -9,10 +9,8 @@ The worker process and its channel are an ``Incarnation`` (``_incarnation``).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
-import random
 import signal
 import subprocess
 import threading
@@ -23,6 +21,7 @@ from multiprocessing.connection import Connection
 
 from boss_sidecar._heartbeat import HeartbeatWatch
 from boss_sidecar._incarnation import Incarnation, ProcessBackend, spawn_incarnation
+from boss_sidecar._restart_budget import RestartBudget
 from boss_sidecar.errors import CallTimeout, SidecarCrashed, SidecarError, SidecarUnavailable
 from boss_sidecar.health import Health
 from boss_sidecar.logs import get_logger
@@ -82,8 +81,7 @@ class Supervisor:
         self._cond = self._machine.condition
         self._current: Incarnation | None = None
         self._incarnations = 0
-        self._restart_times: collections.deque[float] = collections.deque()
-        self._consecutive_failures = 0
+        self._budget = RestartBudget(policy, self._backend.now)
         self._restarts = 0
         self._last_exit: str | None = None
         self._run = 0
@@ -158,8 +156,7 @@ class Supervisor:
             self._run += 1
             run = self._run
             self._restart_wanted = None
-            self._restart_times.clear()
-            self._consecutive_failures = 0
+            self._budget.reset()
             self._machine.change(S.STARTING, "start requested")
         try:
             self._launch(run)
@@ -347,8 +344,7 @@ class Supervisor:
         reason = incarnation.kill_reason or f"worker {self._last_exit}"
         code = incarnation.process.returncode
         clean = incarnation.kill_reason is None and code in (0, -signal.SIGTERM)
-        if self._backend.now() - incarnation.started > self.policy.restart_window:
-            self._consecutive_failures = 0  # it ran stably: the next restart is immediate again
+        self._budget.ran_stably(incarnation.started)
         incarnation.log.warning("worker ended", reason=reason)
         with self._cond:
             if run != self._run:
@@ -387,25 +383,20 @@ class Supervisor:
 
     def _wait_backoff(self, run: int, reason: str) -> bool:
         """BACKOFF for the policy's delay, then STARTING; False (and FAILED) past the intensity limit."""
-        now = self._backend.now()
+        recent = self._budget.recent()
         window = self.policy.restart_window
-        while self._restart_times and now - self._restart_times[0] > window:
-            self._restart_times.popleft()
         with self._cond:
             if run != self._run:
                 return False
-            if len(self._restart_times) >= self.policy.max_restarts:
-                self._machine.change(
-                    S.FAILED, f"gave up: {len(self._restart_times)} restarts within {window:g}s; last: {reason}"
-                )
+            if recent >= self.policy.max_restarts:
+                self._machine.change(S.FAILED, f"gave up: {recent} restarts within {window:g}s; last: {reason}")
                 return False
-            self._consecutive_failures += 1
-            delay = self.policy.backoff(self._consecutive_failures, random.uniform(-1, 1))
+            delay = self._budget.next_delay()
             self._machine.change(S.BACKOFF, f"{reason}; restarting in {delay:.2f}s")
             self._cond.wait_for(lambda: run != self._run, timeout=delay)
             if run != self._run:
                 return False
-            self._restart_times.append(self._backend.now())
+            self._budget.record()
             self._machine.change(S.STARTING, f"restart after: {reason}")
         return True
 
