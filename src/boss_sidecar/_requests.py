@@ -111,10 +111,12 @@ class _Requests:
         the requests of the tasks woken go out together."""
         with self.lock:
             items = self._undelivered.pop(loop, [])
-        self._writer.cork(loop)
-        for future, value, error in items:
-            _deliver(future, value, error)
-        loop.call_soon(self._writer.uncork, loop)  # runs after the steps of the tasks just woken
+        try:
+            self._writer.cork(loop)
+            for future, value, error in items:
+                _deliver(future, value, error)
+        finally:  # an interrupt (Ctrl-C) on the loop must not leave it corked
+            loop.call_soon(self._writer.uncork, loop)  # runs after the steps of the tasks just woken
 
     # ----------------------------------------------------------------- async callers
     def deadlines_of(self, loop: asyncio.AbstractEventLoop) -> _Deadlines:

@@ -111,33 +111,37 @@ class _Writer:
         On an event loop (``loop``) in a turn that woke callers, the write waits for the end of the
         turn: the requests the woken tasks make go out with one system call. A thread that sends
         meanwhile writes them along with its own, so a busy loop never holds up other senders."""
-        header = _header(size)
-        with self._lock:
-            self._raise_if_closed()
-            if self._backlog > self._max_backlog and not self._is_reader():
-                # Backpressure: a peer that reads slower than we send must not grow our memory
-                # without bound. Never on the reader thread: two readers waiting would deadlock.
-                self._throttled += 1
-                try:
-                    drained = self._drained.wait_for(
-                        lambda: self._backlog <= self._max_backlog or self._closed is not None, self._send_timeout
-                    )
-                finally:
-                    self._throttled -= 1
-                if not drained:
-                    raise CallTimeout(f"{self._name}: peer not reading: {self._backlog} bytes still queued")
+        try:
+            header = _header(size)
+            with self._lock:
                 self._raise_if_closed()
-            self._backlog += len(header) + size
-            if self._writing is not None or self._outbox or loop in self._corked:
-                self._outbox.append(header)
-                self._outbox += body
-                if self._writing is not None or (loop in self._corked and len(self._outbox) < _CORK_PARTS):
-                    return
-                parts = None
-            else:
-                parts = self._in_flight = [header, *body]  # nothing queued: write it directly
-            self._writing = threading.get_ident()
-        self._write_outbox(block=False, parts=parts)
+                if self._backlog > self._max_backlog and not self._is_reader():
+                    # Backpressure: a peer that reads slower than we send must not grow our memory
+                    # without bound. Never on the reader thread: two readers waiting would deadlock.
+                    self._throttled += 1
+                    try:
+                        drained = self._drained.wait_for(
+                            lambda: self._backlog <= self._max_backlog or self._closed is not None, self._send_timeout
+                        )
+                    finally:
+                        self._throttled -= 1
+                    if not drained:
+                        raise CallTimeout(f"{self._name}: peer not reading: {self._backlog} bytes still queued")
+                    self._raise_if_closed()
+                self._backlog += len(header) + size
+                if self._writing is not None or self._outbox or loop in self._corked:
+                    self._outbox.append(header)
+                    self._outbox += body
+                    if self._writing is not None or (loop in self._corked and len(self._outbox) < _CORK_PARTS):
+                        return
+                    parts = None
+                else:
+                    parts = self._in_flight = [header, *body]  # nothing queued: write it directly
+                self._writing = threading.get_ident()
+            self._write_outbox(block=False, parts=parts)
+        except BaseException:
+            self.rescue()  # an interrupt (Ctrl-C) may have cut this thread's write short
+            raise
 
     # ----------------------------------------------------------------- replies held for one write
     def start_holding(self, holder: _Holder) -> None:
@@ -194,12 +198,17 @@ class _Writer:
     # ----------------------------------------------------------------- writing
     def flush(self) -> None:
         """Write what is queued, unless another thread is writing it already."""
-        with self._lock:
-            if self._writing is not None or not self._outbox:
-                return
-            self._writing = threading.get_ident()
-        with contextlib.suppress(SidecarCrashed):  # the channel broke: closing failed every pending request
+        try:
+            with self._lock:
+                if self._writing is not None or not self._outbox:
+                    return
+                self._writing = threading.get_ident()
             self._write_outbox(block=False)
+        except SidecarCrashed:  # the channel broke: closing failed every pending request
+            pass
+        except BaseException:
+            self.rescue()  # an interrupt (Ctrl-C) may have cut this thread's write short
+            raise
 
     def _write_outbox(self, *, block: bool, parts: list[Any] | None = None) -> None:
         """Write ``parts`` (if given) then until the outbox is empty; the caller set ``_writing``.
@@ -229,7 +238,7 @@ class _Writer:
             except OSError as exc:
                 problem = SidecarCrashed(f"{self._name}: channel broken while sending: {exc}")
                 with self._lock:
-                    self._writing = None
+                    self._writing, self._in_flight = None, []
                 self._broken(problem)
                 if block:
                     return

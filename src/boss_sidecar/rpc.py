@@ -390,9 +390,8 @@ class Endpoint:
     def _cut_short(self, message: Message) -> None:
         """A call on this thread raised before it was settled: an interrupt (Ctrl-C, or any exception a signal
         handler raises, at any point), or a failed send. Forget the request and give back what this thread still
-        holds, the writing and the reading, so the channel goes on for everyone else."""
+        holds of the reading (the writer sees to its own), so the channel goes on for everyone else."""
         self._requests.table.pop(message.id, None)
-        self._writer.rescue()
         self._reading.recover()
 
     def _round_trip(self, message: Message, seconds: float | None) -> Any:
