@@ -60,7 +60,7 @@ class InvalidReadingTransition(SidecarError):
     """A change of the reading role that ``TRANSITIONS`` does not allow (a bug, not a user error)."""
 
 
-_FREE, _HANDED, _ENDED = R.FREE, R.HANDED, R.ENDED  # module globals: loaded with no check for signals
+_FREE = R.FREE  # a module global: loaded with no check for signals
 _CLAIM = 0  # the claim's one key
 
 
@@ -125,14 +125,15 @@ class ReadingRole:
         read or a set-down cut short); True if it did. A role ended stays ended."""
         if self._claim.get(_CLAIM) != threading.get_ident():
             return False
-        if self.state is not R.FREE:
+        if self.state is R.FREE:  # a take cut short: claimed, the state not yet changed
+            self._claim.pop(_CLAIM, None)
+        else:
             self._change(R.FREE, None, None)
-        self._claim.pop(_CLAIM, None)
         return True
 
     def _change(self, new: Reading, thread: threading.Thread | None, holder: object) -> None:
         """Move to ``new``: claim, state and thread are stored with no point in between where a signal handler
-        could run (plain stores; the enum's members are module globals)."""
+        could run (plain stores; FREE is a module global)."""
         old = self.state
         if new not in TRANSITIONS[old]:
             raise InvalidReadingTransition(f"{self._name}: reading role cannot go from {old} to {new}")
