@@ -86,7 +86,7 @@ class _CallerReading(_Reading):
         assert standby is not None and frames is not None
         standby.disarm()
         deadline = None if seconds is None else time.monotonic() + seconds
-        role = self._role
+        role, me = self._role, self._role.thread  # taken just now: this thread
         try:
             while not pending.wait(0):
                 if len(table) == 1:
@@ -99,13 +99,13 @@ class _CallerReading(_Reading):
                     continue
                 if interrupt is not None:
                     raise interrupt
-                if not role.reads_here():  # handed to the standby with work for the peer
+                if role.thread is not me:  # handed to the standby with work for the peer
                     return pending.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
             return True
         except _ChannelEnded as exc:
             self.channel_ended(str(exc))
         finally:
-            if role.reads_here():
+            if role.thread is me:
                 self.set_down()
         return pending.wait(0)  # the channel's end settled it
 

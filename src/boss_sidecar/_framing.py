@@ -140,11 +140,18 @@ class _FrameReader:
         A signal handler (Ctrl-C) may raise in the main thread as the read returns, which would lose its
         count and with it the framing: the count goes into ``_got`` from C (no such point in between) and
         is applied there or, cut short, by the next batch."""
+        got = self._got
         self._got_at = at
-        self._got.extend(map(os.readv, (self._fd,), ([self._view[at:]],)))
-        return self._apply_fill(inside)
+        got.extend(map(os.readv, (self._fd,), ([self._view[at:]],)))
+        count = got[0]
+        if not count:
+            return self._apply_fill(inside)  # raises
+        self._end = at + count
+        del got[0]  # with the line above: no point in between where a signal handler runs
+        return count
 
     def _apply_fill(self, inside: str) -> int:
+        """Apply the count of the last read (see _fill); raise _ChannelEnded if it read the end of the stream."""
         got = self._got
         count = got[0]
         if count:
