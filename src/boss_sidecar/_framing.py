@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import struct
+from threading import get_ident
 from typing import Any, NamedTuple
 
+from boss_sidecar._interrupts import MAIN
 from boss_sidecar.errors import ProtocolError
 
 _HEADER = struct.Struct("!i")  # Connection's framing: a signed 4-byte length ...
@@ -59,7 +61,7 @@ class _FrameReader:
     def batch(self) -> list[memoryview | bytes | bytearray | _Oversized]:
         frames: list[memoryview | bytes | bytearray | _Oversized] = []
         if self._got:  # an interrupt came as the last read returned: its bytes are here, not yet counted
-            self._apply_fill("")
+            self._apply_fill()
         elif self._large is not None or self._skipping is not None:
             finished = self._gather() if self._large is not None else self._skip()
             if finished is None:
@@ -138,30 +140,39 @@ class _FrameReader:
         """One read into the buffer at ``at``; raise _ChannelEnded on end of stream.
 
         A signal handler (Ctrl-C) may raise in the main thread as the read returns, which would lose its
-        count and with it the framing: the count goes into ``_got`` from C (no such point in between) and
-        is applied there or, cut short, by the next batch."""
-        got = self._got
-        self._got_at = at
-        got.extend(map(os.readv, (self._fd,), ([self._view[at:]],)))
-        count = got[0]
+        count and with it the framing: there the count goes into ``_got`` from C (no such point in between)
+        and is applied at once or, cut short, by the next batch. Elsewhere no handler runs (see _interrupts):
+        the plain read costs some 0.5 microseconds less."""
+        if get_ident() == MAIN[0]:
+            got = self._got
+            self._got_at = at
+            got.extend(map(os.readv, (self._fd,), ([self._view[at:]],)))
+            count = got[0]
+            if count:
+                self._end = at + count
+            del got[0]  # with the lines above: no point in between where a signal handler runs
+        else:
+            count = os.readv(self._fd, [self._view[at:]])
+            if count:
+                self._end = at + count
         if not count:
-            return self._apply_fill(inside)  # raises
-        self._end = at + count
-        del got[0]  # with the line above: no point in between where a signal handler runs
+            raise self._ended(inside)
         return count
 
-    def _apply_fill(self, inside: str) -> int:
-        """Apply the count of the last read (see _fill); raise _ChannelEnded if it read the end of the stream."""
+    def _apply_fill(self) -> None:
+        """Apply the count of a read an interrupt cut short (see _fill)."""
         got = self._got
         count = got[0]
         if count:
             self._end = self._got_at + count
-        del got[0]  # with the line above: no point in between where a signal handler runs
+        del got[0]  # with the lines above: no point in between where a signal handler runs
         if not count:
-            if inside or self._end > self._start:
-                raise _ChannelEnded(f"channel closed in the middle of a message{inside}")
-            raise _ChannelEnded("peer closed the channel")
-        return count
+            raise self._ended("")
+
+    def _ended(self, inside: str) -> _ChannelEnded:
+        if inside or self._end > self._start:
+            return _ChannelEnded(f"channel closed in the middle of a message{inside}")
+        return _ChannelEnded("peer closed the channel")
 
     def _gather(self) -> bytearray | None:
         """One read towards the large message (what follows it lands in the buffer); it, once whole."""

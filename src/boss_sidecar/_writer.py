@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from boss_sidecar._framing import _after, _header
+from boss_sidecar._interrupts import MAIN
 from boss_sidecar.errors import CallTimeout, SidecarCrashed, SidecarError
 
 _PARTS_PER_WRITE = 512  # buffers per sendmsg/writev call (IOV_MAX is 1024 on Linux)
@@ -291,14 +292,20 @@ class _Writer:
         A partial write is followed by the rest, so framing holds; a failed write (including the send
         timeout running out) raises OSError, and the channel is dead either way."""
         sock, sent = self._socket, self._sent
+        on_main = threading.get_ident() == MAIN[0]  # elsewhere no signal handler runs (see _interrupts)
         while parts:
             chunk = parts[:_PARTS_PER_WRITE]
             self._in_flight = parts
-            try:  # the count goes into ``sent`` from C: an interrupt on this call's return cannot lose it
-                if sock is None:
-                    sent.extend(map(os.writev, (self._fd,), (chunk,)))
+            try:
+                if on_main:  # the count goes into ``sent`` from C: an interrupt on this call's return cannot lose it
+                    if sock is None:
+                        sent.extend(map(os.writev, (self._fd,), (chunk,)))
+                    else:
+                        sent.extend(map(sock.sendmsg, (chunk,), ((),), (0 if block else _SEND_FLAGS,)))
+                elif sock is None:
+                    sent.append(os.writev(self._fd, chunk))
                 else:
-                    sent.extend(map(sock.sendmsg, (chunk,), ((),), (0 if block else _SEND_FLAGS,)))
+                    sent.append(sock.sendmsg(chunk, (), 0 if block else _SEND_FLAGS))
             except BlockingIOError:
                 if block:
                     raise
