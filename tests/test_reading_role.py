@@ -5,6 +5,7 @@ worker's reader runs a call and takes the role back, the channel's end)."""
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Iterator
 from multiprocessing import Pipe
@@ -261,3 +262,29 @@ def test_an_endpoint_built_with_a_target_and_default_arguments_reads_as_the_serv
         server.close()
     assert _changes(caplog, "plain-server")[0] == ("handed", "reader")
     assert _changes(caplog, "plain-client")[0] == ("handed", "free")
+
+
+def test_a_take_cut_short_by_an_interrupt_leaves_the_role_to_give_back() -> None:
+    """Ctrl-C as the claim is taken, before the state says so: no one else can take the role, and the
+    interrupted thread finds it still its own and gives it back, free for the next taker."""
+    role = _role_in(R.FREE)
+
+    def interrupt_as_claimed(_frame: Any, event: str, arg: Any) -> None:
+        if event == "c_return" and getattr(arg, "__name__", "") == "setdefault":
+            raise KeyboardInterrupt  # where a signal handler would run: as the claim's call returns
+
+    sys.setprofile(interrupt_as_claimed)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            role.take(R.CALLER)
+    finally:
+        sys.setprofile(None)
+    assert role.state is R.FREE
+    taken_elsewhere: list[bool] = []
+    other = threading.Thread(target=lambda: taken_elsewhere.append(role.take(R.STANDBY)))
+    other.start()
+    other.join(WAIT)
+    assert taken_elsewhere == [False]
+    assert role.give_back()
+    assert role.take(R.CALLER)
+    assert (role.state, role.thread) == (R.CALLER, threading.current_thread())

@@ -26,14 +26,17 @@ from boss_sidecar._writer import _timeval
 _LINGER = 0.002  # seconds the standby reads on after a message, in case more comes (see _read_on)
 
 
-class _Held:
-    """Whether a caller's thread still holds the reading role: every way out of its read, an interrupt
-    included, must know whether to set the role down or whether the standby has it now."""
+class _Handover:
+    """The reading role on its way from a caller to the standby: it holds the role (see ``_role``) until the
+    standby takes it up, so a caller interrupted before queuing it can queue it again (see recover)."""
 
-    __slots__ = ("held",)
+    __slots__ = ("work",)
 
-    def __init__(self) -> None:
-        self.held = True
+    def __init__(self, work: Callable[[_Handover], None]) -> None:
+        self.work = work
+
+    def __call__(self) -> None:
+        self.work(self)
 
 
 class _CallerReading(_Reading):
@@ -49,6 +52,21 @@ class _CallerReading(_Reading):
         """On the standby: a message arrived while no caller read; read it."""
         if self._role.take(Reading.STANDBY):
             self._read_on_standby()
+
+    def recover(self) -> None:
+        """After a call on this thread was cut short (an interrupt: Ctrl-C, or any exception a signal handler
+        raises): give back the role if this thread still holds it, queue again a handover it may not have
+        queued, and arm the standby, which a free role may have missed. Only on that way out, so the few system
+        calls cost nothing on the common path; each step is harmless if there was nothing to do."""
+        role, standby = self._role, self.standby
+        if standby is None:
+            return
+        holder = role.holder
+        if isinstance(holder, _Handover) and role.state is Reading.HANDED:
+            standby.hand(holder)  # queued twice at worst: the second finds the role taken up already
+        else:
+            role.give_back()
+        standby.arm()
 
     # ----------------------------------------------------------------- sync callers
     def wait(self, pending: _Pending, seconds: float | None) -> bool:
@@ -68,7 +86,7 @@ class _CallerReading(_Reading):
         assert standby is not None and frames is not None
         standby.disarm()
         deadline = None if seconds is None else time.monotonic() + seconds
-        held = _Held()
+        role, me = self._role, self._role.thread  # taken just now: this thread
         try:
             while not pending.wait(0):
                 if len(table) == 1:
@@ -76,19 +94,18 @@ class _CallerReading(_Reading):
                 if not self._bound_read(deadline):
                     return False
                 try:
-                    interrupt = self._read_as_caller(frames, held)
+                    interrupt = self._read_as_caller(frames)
                 except BlockingIOError:  # the read's bound passed (see _bound_read)
                     continue
                 if interrupt is not None:
                     raise interrupt
-                if not held.held:
+                if role.thread is not me:  # handed to the standby with work for the peer
                     return pending.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
             return True
         except _ChannelEnded as exc:
-            held.held = False
             self.channel_ended(str(exc))
         finally:
-            if held.held:
+            if role.thread is me:
                 self.set_down()
         return pending.wait(0)  # the channel's end settled it
 
@@ -102,8 +119,9 @@ class _CallerReading(_Reading):
         assert standby is not None
         standby.disarm()
         if not self._read_on_loop(pending, loop, seconds):
-            self._role.hand()
-            standby.hand(functools.partial(self._read_on_standby, handed=True))
+            handover = _Handover(self._read_handed)
+            self._role.hand(handover)
+            standby.hand(handover)
 
     def _read_on_loop(self, pending: _Pending, loop: asyncio.AbstractEventLoop, seconds: float | None) -> bool:
         """Holding the role (the standby disarmed), on the async caller's loop thread: busy-wait up to
@@ -124,32 +142,31 @@ class _CallerReading(_Reading):
         if self._writer.is_corked(loop):  # the request waits for the end of the turn; no one else's will join it
             self._writer.flush()
         end = time.monotonic() + (budget if seconds is None else min(budget, seconds))
-        held = _Held()
+        role, keep = self._role, False
         try:
             while pending.request.id in table:
                 if not self.spin_until(end):
-                    held.held = False  # the caller hands the role to the standby
+                    keep = True  # for the caller to hand to the standby
                     return False
                 try:
-                    interrupt = self._read_as_caller(frames, held, loop)
+                    interrupt = self._read_as_caller(frames, loop)
                 except BlockingIOError:  # readable, yet nothing to read after all
                     continue
                 if interrupt is not None:
                     raise interrupt
-                if not held.held:
+                if not role.reads_here():  # handed to the standby with work for the peer
                     return True
             return True
         except _ChannelEnded as exc:
-            held.held = False
             self.channel_ended(str(exc))
             return True
         finally:
-            if held.held:
+            if not keep and role.reads_here():
                 self.set_down()
 
     # ----------------------------------------------------------------- reading on a caller's thread
     def _read_as_caller(
-        self, frames: _FrameReader, held: _Held, here: asyncio.AbstractEventLoop | None = None
+        self, frames: _FrameReader, here: asyncio.AbstractEventLoop | None = None
     ) -> BaseException | None:
         """On a caller's thread, holding the role: read and route one batch; the interrupt (Ctrl-C) met while
         routing, to raise once the role is seen to.
@@ -165,9 +182,9 @@ class _CallerReading(_Reading):
         finally:
             deferred, server.deferred = server.deferred, None
         if deferred or server.calls:
-            self._role.hand()  # before held is cleared: an interrupt in between sets the role down
-            held.held = False  # before the hand-over: the work may interrupt this thread (Ctrl-C) at once
-            self.standby.hand(functools.partial(self._finish_batch, deferred))
+            handover = _Handover(functools.partial(self._finish_batch, deferred))
+            self._role.hand(handover)  # the handover holds the role: an interrupt from here on leaves it queued
+            self.standby.hand(handover)  # (or for recover to queue): the work may interrupt this thread at once
             return interrupt
         self.hand_over_batch(frames, here)
         return interrupt
@@ -201,10 +218,11 @@ class _CallerReading(_Reading):
             self._read_bound = seconds
 
     # ----------------------------------------------------------------- on the standby
-    def _finish_batch(self, works: list[Callable[[], None]]) -> None:
+    def _finish_batch(self, works: list[Callable[[], None]], handover: _Handover) -> None:
         """On the standby, with the role a caller handed on: run the peer's work read in order, settle the
         batch's replies and start its calls, then set the role down."""
-        self._role.take_up(Reading.STANDBY)
+        if not self._role.take_up(Reading.STANDBY, handover):
+            return  # queued twice (see recover), and taken up already
         try:
             for work in works:
                 try:
@@ -215,17 +233,20 @@ class _CallerReading(_Reading):
         finally:
             self.set_down()
 
+    def _read_handed(self, handover: _Handover) -> None:
+        """On the standby: read with the role an async caller handed on (see awaiting)."""
+        if self._role.take_up(Reading.STANDBY, handover):
+            self._read_on_standby(handed=True)
+
     def _read_on_standby(self, handed: bool = False) -> None:
-        """On the standby, holding the role: read what came while no caller read (``handed``: by an async
-        caller that just sent a request), then read on, blocked, while an async caller awaits a reply or, for a
+        """On the standby, holding the role: read what came while no caller read (``handed``: taken up from an
+        async caller that just sent a request), then read on, blocked, while an async caller awaits a reply or, for a
         moment, in case more comes (a stream of events); then set the role down.
 
         A thread blocked reading wakes sooner than one waiting in epoll (here, by some 35 microseconds), and
         an async caller cannot read for itself."""
         standby, frames, requests = self.standby, self._frames, self._requests
         assert standby is not None and frames is not None
-        if handed:
-            self._role.take_up(Reading.STANDBY)
         if not (handed and requests.awaited) and not standby.readable():  # a caller read it before we took the role
             self.set_down()
             return

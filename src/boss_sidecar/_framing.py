@@ -10,8 +10,10 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from threading import get_ident
 from typing import Any, NamedTuple
 
+from boss_sidecar._interrupts import MAIN
 from boss_sidecar.errors import ProtocolError
 
 _HEADER = struct.Struct("!i")  # Connection's framing: a signed 4-byte length ...
@@ -56,10 +58,14 @@ class _FrameReader:
         self._large: bytearray | None = None  # a message bigger than the buffer, being gathered
         self._have = 0  # its bytes read so far
         self._skipping: _Skipping | None = None  # a message over the limit, being read past
+        self._got: list[int] = []  # the count of a read not yet applied (see _fill)
+        self._got_at = 0  # where that read went
 
     def batch(self) -> list[memoryview | bytes | bytearray | _Oversized]:
         frames: list[memoryview | bytes | bytearray | _Oversized] = []
-        if self._large is not None or self._skipping is not None:
+        if self._got:  # an interrupt came as the last read returned: its bytes are here, not yet counted
+            self._apply_fill()
+        elif self._large is not None or self._skipping is not None:
             finished = self._gather() if self._large is not None else self._skip()
             if finished is None:
                 return frames
@@ -134,14 +140,42 @@ class _FrameReader:
         return _LONG_HEADER.unpack_from(self._buffer, self._start)[1], _LONG_HEADER.size
 
     def _fill(self, at: int, inside: str) -> int:
-        """One read into the buffer at ``at``; raise _ChannelEnded on end of stream."""
-        got = os.readv(self._fd, [self._view[at:]])
-        if not got:
-            if inside or self._end > self._start:
-                raise _ChannelEnded(f"channel closed in the middle of a message{inside}")
-            raise _ChannelEnded("peer closed the channel")
-        self._end = at + got
-        return got
+        """One read into the buffer at ``at``; raise _ChannelEnded on end of stream.
+
+        A signal handler (Ctrl-C) may raise in the main thread as the read returns, which would lose its
+        count and with it the framing: there the count goes into ``_got`` from C (no such point in between)
+        and is applied at once or, cut short, by the next batch. Elsewhere no handler runs (see _interrupts):
+        the plain read costs some 0.5 microseconds less."""
+        if get_ident() == MAIN[0]:
+            got = self._got
+            self._got_at = at
+            got.extend(map(os.readv, (self._fd,), ([self._view[at:]],)))
+            count = got[0]
+            if count:
+                self._end = at + count
+            del got[0]  # with the lines above: no point in between where a signal handler runs
+        else:
+            count = os.readv(self._fd, [self._view[at:]])
+            if count:
+                self._end = at + count
+        if not count:
+            raise self._ended(inside)
+        return count
+
+    def _apply_fill(self) -> None:
+        """Apply the count of a read an interrupt cut short (see _fill)."""
+        got = self._got
+        count = got[0]
+        if count:
+            self._end = self._got_at + count
+        del got[0]  # with the lines above: no point in between where a signal handler runs
+        if not count:
+            raise self._ended("")
+
+    def _ended(self, inside: str) -> _ChannelEnded:
+        if inside or self._end > self._start:
+            return _ChannelEnded(f"channel closed in the middle of a message{inside}")
+        return _ChannelEnded("peer closed the channel")
 
     def _gather(self) -> bytearray | None:
         """One read towards the large message (what follows it lands in the buffer); it, once whole."""
@@ -161,7 +195,10 @@ class _FrameReader:
         """One read past the oversized message; its size and start once read past."""
         skipping = self._skipping
         assert skipping is not None
-        got = self._fill(0, f" of {skipping.size} bytes")
+        got = os.readv(self._fd, [self._view])
+        if not got:
+            raise _ChannelEnded(f"channel closed in the middle of a message of {skipping.size} bytes")
+        self._end = got
         taken = min(got, skipping.left)
         if len(skipping.kept) < _KEPT_OF_OVERSIZED:
             skipping.kept += self._view[: min(taken, _KEPT_OF_OVERSIZED - len(skipping.kept))]

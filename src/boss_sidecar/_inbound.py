@@ -64,12 +64,16 @@ class _Inbound:
         """Route every message read. An interrupt (Ctrl-C in a caller reading) is returned once all are routed, so
         none is lost."""
         interrupt = None
-        for frame in batch:
-            try:
-                if isinstance(frame, _Oversized):
-                    self._oversized(frame)
-                else:
-                    self._handle_bytes(frame)
+        at, end = 0, len(batch)
+        while at < end:
+            try:  # the loop inside: an interrupt between two messages (at the jump back) is caught too
+                while at < end:
+                    frame = batch[at]
+                    at += 1
+                    if isinstance(frame, _Oversized):
+                        self._oversized(frame)
+                    else:
+                        self._handle_bytes(frame)
             except BaseException as exc:
                 interrupt = interrupt or exc
         return interrupt

@@ -72,6 +72,9 @@ class _Reading:
     def awaiting(self, pending: _Pending, loop: asyncio.AbstractEventLoop, seconds: float | None) -> None:
         """An async caller on ``loop`` is about to await ``pending``."""
 
+    def recover(self) -> None:
+        """After a call on this thread was cut short (an interrupt): give back what of the reading it still holds."""
+
     def is_reading_job(self, job: object) -> bool:
         """Whether ``job``, dropped from the pool, was the reading role handed to a pool thread."""
         return False

@@ -79,17 +79,27 @@ class _Requests:
             return
         settled, self._settled = self._settled, []
         per_loop: dict[asyncio.AbstractEventLoop, list[_Delivery]] = {}
-        for pending, value, error in settled:
-            if pending.loop is None:
-                pending.settle(value, error)
-            else:
-                per_loop.setdefault(pending.loop, []).append((pending.future, value, error))
+        interrupt = None
+        at = 0
+        while at < len(settled):
+            try:  # an interrupt (Ctrl-C on a caller reading) wakes the rest all the same, then is raised
+                while at < len(settled):
+                    pending, value, error = settled[at]
+                    at += 1
+                    if pending.loop is None:
+                        pending.settle(value, error)
+                    else:
+                        per_loop.setdefault(pending.loop, []).append((pending.future, value, error))
+            except BaseException as exc:
+                interrupt = interrupt or exc
         for loop, items in per_loop.items():
             if loop is here:
                 for future, value, error in items:
                     _deliver(future, value, error)
             else:
                 self._deliver_later(loop, items)
+        if interrupt is not None:
+            raise interrupt
 
     def _deliver_later(self, loop: asyncio.AbstractEventLoop, items: list[_Delivery]) -> None:
         """Have ``loop`` resolve these futures: added to the replies it has yet to take, if any, so a
@@ -111,10 +121,12 @@ class _Requests:
         the requests of the tasks woken go out together."""
         with self.lock:
             items = self._undelivered.pop(loop, [])
-        self._writer.cork(loop)
-        for future, value, error in items:
-            _deliver(future, value, error)
-        loop.call_soon(self._writer.uncork, loop)  # runs after the steps of the tasks just woken
+        try:
+            self._writer.cork(loop)
+            for future, value, error in items:
+                _deliver(future, value, error)
+        finally:  # an interrupt (Ctrl-C) on the loop must not leave it corked
+            loop.call_soon(self._writer.uncork, loop)  # runs after the steps of the tasks just woken
 
     # ----------------------------------------------------------------- async callers
     def deadlines_of(self, loop: asyncio.AbstractEventLoop) -> _Deadlines:

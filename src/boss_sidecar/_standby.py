@@ -62,7 +62,8 @@ class _Standby:
     def hand(self, job: Callable[[], None]) -> None:
         """Run ``job`` on this thread soon. Nothing here waits (a lock is held around one system call at
         most), so an interrupt (a signal in the calling thread) has only the moment between queuing the
-        job and signalling it to cut the hand-over short."""
+        job and signalling it to cut the hand-over short: a caller cut short there hands it again (see
+        _CallerReading.recover), and a job must bear being queued twice."""
         self._jobs.append(job)
         self._wake()
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from boss_sidecar._framing import _after, _header
+from boss_sidecar._interrupts import MAIN
 from boss_sidecar.errors import CallTimeout, SidecarCrashed, SidecarError
 
 _PARTS_PER_WRITE = 512  # buffers per sendmsg/writev call (IOV_MAX is 1024 on Linux)
@@ -34,11 +35,26 @@ class _Holder(Protocol):
     size: int  # their bytes
 
 
+class _Handoff:
+    """The writing, handed to a writer thread not yet running (see _Writer._hand_to_writer_thread)."""
+
+    __slots__ = ("claimed", "spawner")
+
+    def __init__(self) -> None:
+        self.spawner = threading.get_ident()
+        self.claimed = False
+
+
 class _Writer:
     """The outbox of one channel and the one thread at a time that writes it.
 
     ``is_reader()`` tells whether the current thread reads the channel: it is never throttled (two
-    readers waiting on each other would deadlock). ``broken(problem)`` runs once a write failed."""
+    readers waiting on each other would deadlock). ``broken(problem)`` runs once a write failed.
+
+    Interrupts: a signal handler (Ctrl-C) may raise in the main thread at any call's return, even one that
+    wrote. So the writing thread is recorded, what it writes is kept in ``_in_flight`` and each write's count
+    lands in ``_sent`` from C (no such point in between); ``rescue`` then finishes the write from the exact
+    byte reached, and the framing holds."""
 
     def __init__(
         self,
@@ -61,7 +77,9 @@ class _Writer:
         self._closed: SidecarError | None = None
         self._outbox: list[Any] = []  # frames (header, bytes, ...) not yet handed to the socket
         self._lock = threading.Lock()
-        self._writing = False  # a thread is writing the outbox; others only add to it
+        self._writing: object = None  # who writes the outbox (a thread ident, or a _Handoff); others only add to it
+        self._in_flight: list[Any] = []  # the parts the writer is writing (see rescue)
+        self._sent: list[int] = []  # the count of a write not yet applied to _in_flight (see _write)
         self._backlog = 0  # bytes in the outbox: past max_backlog, senders wait (see send)
         self._drained = threading.Condition(self._lock)
         self._throttled = 0  # senders waiting on _drained
@@ -94,33 +112,37 @@ class _Writer:
         On an event loop (``loop``) in a turn that woke callers, the write waits for the end of the
         turn: the requests the woken tasks make go out with one system call. A thread that sends
         meanwhile writes them along with its own, so a busy loop never holds up other senders."""
-        header = _header(size)
-        with self._lock:
-            self._raise_if_closed()
-            if self._backlog > self._max_backlog and not self._is_reader():
-                # Backpressure: a peer that reads slower than we send must not grow our memory
-                # without bound. Never on the reader thread: two readers waiting would deadlock.
-                self._throttled += 1
-                try:
-                    drained = self._drained.wait_for(
-                        lambda: self._backlog <= self._max_backlog or self._closed is not None, self._send_timeout
-                    )
-                finally:
-                    self._throttled -= 1
-                if not drained:
-                    raise CallTimeout(f"{self._name}: peer not reading: {self._backlog} bytes still queued")
+        try:
+            header = _header(size)
+            with self._lock:
                 self._raise_if_closed()
-            self._backlog += len(header) + size
-            if self._writing or self._outbox or loop in self._corked:
-                self._outbox.append(header)
-                self._outbox += body
-                if self._writing or (loop in self._corked and len(self._outbox) < _CORK_PARTS):
-                    return
-                parts = None
-            else:
-                parts = [header, *body]  # nothing queued: write it directly
-            self._writing = True
-        self._write_outbox(block=False, parts=parts)
+                if self._backlog > self._max_backlog and not self._is_reader():
+                    # Backpressure: a peer that reads slower than we send must not grow our memory
+                    # without bound. Never on the reader thread: two readers waiting would deadlock.
+                    self._throttled += 1
+                    try:
+                        drained = self._drained.wait_for(
+                            lambda: self._backlog <= self._max_backlog or self._closed is not None, self._send_timeout
+                        )
+                    finally:
+                        self._throttled -= 1
+                    if not drained:
+                        raise CallTimeout(f"{self._name}: peer not reading: {self._backlog} bytes still queued")
+                    self._raise_if_closed()
+                self._backlog += len(header) + size
+                if self._writing is not None or self._outbox or loop in self._corked:
+                    self._outbox.append(header)
+                    self._outbox += body
+                    if self._writing is not None or (loop in self._corked and len(self._outbox) < _CORK_PARTS):
+                        return
+                    parts = None
+                else:
+                    parts = self._in_flight = [header, *body]  # nothing queued: write it directly
+                self._writing = threading.get_ident()
+            self._write_outbox(block=False, parts=parts)
+        except BaseException:
+            self.rescue()  # an interrupt (Ctrl-C) may have cut this thread's write short
+            raise
 
     # ----------------------------------------------------------------- replies held for one write
     def start_holding(self, holder: _Holder) -> None:
@@ -177,12 +199,17 @@ class _Writer:
     # ----------------------------------------------------------------- writing
     def flush(self) -> None:
         """Write what is queued, unless another thread is writing it already."""
-        with self._lock:
-            if self._writing or not self._outbox:
-                return
-            self._writing = True
-        with contextlib.suppress(SidecarCrashed):  # the channel broke: closing failed every pending request
+        try:
+            with self._lock:
+                if self._writing is not None or not self._outbox:
+                    return
+                self._writing = threading.get_ident()
             self._write_outbox(block=False)
+        except SidecarCrashed:  # the channel broke: closing failed every pending request
+            pass
+        except BaseException:
+            self.rescue()  # an interrupt (Ctrl-C) may have cut this thread's write short
+            raise
 
     def _write_outbox(self, *, block: bool, parts: list[Any] | None = None) -> None:
         """Write ``parts`` (if given) then until the outbox is empty; the caller set ``_writing``.
@@ -191,9 +218,10 @@ class _Writer:
         blocks, bounded by the send timeout) so no caller waits here."""
         if parts is None:
             with self._lock:
-                parts, self._outbox = self._outbox, []
+                parts = self._in_flight = self._outbox
+                self._outbox = []
                 if not parts or self._closed is not None:
-                    self._writing = False
+                    self._writing = None
                     return
         while True:
             try:
@@ -203,14 +231,15 @@ class _Writer:
                     if self._throttled:
                         self._drained.notify_all()
                     if not rest:  # take what was queued meanwhile, under the same lock
-                        parts, self._outbox = self._outbox, []
+                        parts = self._in_flight = self._outbox
+                        self._outbox = []
                         if not parts or self._closed is not None:
-                            self._writing = False
+                            self._writing = None
                             return
             except OSError as exc:
                 problem = SidecarCrashed(f"{self._name}: channel broken while sending: {exc}")
                 with self._lock:
-                    self._writing = False
+                    self._writing, self._in_flight = None, []
                 self._broken(problem)
                 if block:
                     return
@@ -218,30 +247,72 @@ class _Writer:
             if rest:
                 with self._lock:
                     self._outbox[:0] = rest
-                writer = threading.Thread(
-                    target=self._write_outbox, kwargs={"block": True}, name=f"{self._name}-writer", daemon=True
-                )
-                writer.start()
+                    self._in_flight = []
+                    handoff = self._writing = _Handoff()
+                self._hand_to_writer_thread(handoff)
                 return
+
+    def _hand_to_writer_thread(self, handoff: _Handoff) -> None:
+        threading.Thread(target=self._write_handed, args=(handoff,), name=f"{self._name}-writer", daemon=True).start()
+
+    def _write_handed(self, handoff: _Handoff) -> None:
+        """On a writer thread: write the outbox, blocked (bounded by the send timeout), unless the writing went
+        to another writer thread meanwhile (see rescue)."""
+        with self._lock:
+            if self._writing is not handoff:
+                return
+            handoff.claimed = True
+        self._write_outbox(block=True)
+
+    def rescue(self) -> None:
+        """After an interrupt on this thread: if it was writing (or handing the writing to a writer thread not yet
+        running), put back at the front of the outbox what it had not written, from the exact byte it reached,
+        for a new writer thread to write. Only on that way out: the common path pays nothing for it."""
+        me = threading.get_ident()
+        with self._lock:
+            writing = self._writing
+            if not (writing == me or (isinstance(writing, _Handoff) and writing.spawner == me and not writing.claimed)):
+                return
+            rest, sent = self._in_flight, self._sent
+            if sent:
+                rest = _after(rest, sent[0])
+                sent.clear()
+            self._in_flight = []
+            self._outbox[:0] = rest
+            self._backlog = sum(map(len, self._outbox))  # only this thread wrote: the outbox is all there is
+            if not self._outbox or self._closed is not None:
+                self._writing = None
+                return
+            handoff = self._writing = _Handoff()
+        self._hand_to_writer_thread(handoff)
 
     def _write(self, parts: list[Any], *, block: bool) -> list[Any]:
         """Write ``parts`` in order; return what is left when the socket would block (never with ``block``).
 
         A partial write is followed by the rest, so framing holds; a failed write (including the send
         timeout running out) raises OSError, and the channel is dead either way."""
-        sock = self._socket
+        sock, sent = self._socket, self._sent
+        on_main = threading.get_ident() == MAIN[0]  # elsewhere no signal handler runs (see _interrupts)
         while parts:
             chunk = parts[:_PARTS_PER_WRITE]
+            self._in_flight = parts
             try:
-                if sock is None:
-                    sent = os.writev(self._fd, chunk)
+                if on_main:  # the count goes into ``sent`` from C: an interrupt on this call's return cannot lose it
+                    if sock is None:
+                        sent.extend(map(os.writev, (self._fd,), (chunk,)))
+                    else:
+                        sent.extend(map(sock.sendmsg, (chunk,), ((),), (0 if block else _SEND_FLAGS,)))
+                elif sock is None:
+                    sent.append(os.writev(self._fd, chunk))
                 else:
-                    sent = sock.sendmsg(chunk, (), 0 if block else _SEND_FLAGS)
+                    sent.append(sock.sendmsg(chunk, (), 0 if block else _SEND_FLAGS))
             except BlockingIOError:
                 if block:
                     raise
                 return parts
-            parts = _after(parts, sent)
+            parts = _after(parts, sent[0])
+            self._in_flight = parts  # with the next line: no point in between where a signal handler runs
+            del sent[0]
         return parts
 
 

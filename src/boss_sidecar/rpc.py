@@ -378,22 +378,31 @@ class Endpoint:
         self._writer.send(*_encode(message, self.name, self._max_bytes))
 
     def _begin(self, message: Message, loop: asyncio.AbstractEventLoop | None = None) -> _Pending:
-        """Register the request and send it; the send never waits on the channel, so deadlines hold."""
+        """Register the request and send it; the send never waits on the channel, so deadlines hold. The
+        caller calls ``_cut_short`` if anything raises from here on (see there)."""
         parts, size = _encode(message, self.name, self._max_bytes)
         pending = self._requests.register(message, loop)
-        try:
-            self._writer.send(parts, size, loop)
-        except BaseException:
-            self._requests.table.pop(message.id, None)
-            raise
+        self._writer.send(parts, size, loop)
         if self._writer.holding:
             self._reading.out_of_batch()
         return pending
 
+    def _cut_short(self, message: Message) -> None:
+        """A call on this thread raised before it was settled: an interrupt (Ctrl-C, or any exception a signal
+        handler raises, at any point), or a failed send. Forget the request and give back what this thread still
+        holds of the reading (the writer sees to its own), so the channel goes on for everyone else."""
+        self._requests.table.pop(message.id, None)
+        self._reading.recover()
+
     def _round_trip(self, message: Message, seconds: float | None) -> Any:
         """Send a request and block for its outcome, reading the channel for it if no one else is."""
-        pending = self._begin(message)
-        if not self._reading.wait(pending, seconds):
+        try:
+            pending = self._begin(message)
+            settled = self._reading.wait(pending, seconds)
+        except BaseException:
+            self._cut_short(message)
+            raise
+        if not settled:
             if self._requests.table.pop(message.id, None) is not None:
                 raise CallTimeout(f"{self.name}: {pending.what} got no answer within {seconds:g}s")
             # The reader (or close) took it just now and is settling it: the outcome is a moment away.
@@ -405,14 +414,23 @@ class Endpoint:
         """Send a request and await its outcome; the reader hands it to this loop."""
         loop = asyncio.get_running_loop()
         requests = self._requests
-        pending = self._begin(message, loop)
-        future = pending.future
-        if seconds is not None:
-            requests.deadlines_of(loop).add(seconds, message.id, future)
-        with requests.lock:
-            requests.awaited += 1
+        counted = False
         try:
+            pending = self._begin(message, loop)
+            future = pending.future
+            if seconds is not None:
+                requests.deadlines_of(loop).add(seconds, message.id, future)
+            with requests.lock:
+                requests.awaited += 1
+                counted = True  # no point between the two where a signal handler runs
             self._reading.awaiting(pending, loop, seconds)
+        except BaseException:
+            self._cut_short(message)
+            if counted:
+                with requests.lock:
+                    requests.awaited -= 1
+            raise
+        try:
             return await future
         except _Expired:
             requests.table.pop(message.id, None)
