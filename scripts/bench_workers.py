@@ -17,12 +17,13 @@ its processes (main process or launcher, template and workers), the time from st
 answers (a HEROS ``RemoteHERO`` client process, started at the same moment, calls each), and for
 boss-sidecar the restart time after kill -9 of a HERO's worker until that HERO answers the client
 again (BOSS does not restart a killed worker), the median of ``--kills`` per run.
-Each system runs ``--repeat`` times per size, in rotated order; the medians are reported.
+Both sides start from bytecode (``compile_bytecode``). Each system runs ``--repeat`` times per size,
+in rotated order; the medians are reported.
 Goals: PSS per worker <= 1.2x BOSS's; time until every HERO answers <= BOSS's; restart from the
 template no slower than from a fresh interpreter.
 
-``--bare N`` also times bare starts, alternated N times: BOSS's one interpreter against a host and
-its template (started first or after the host's imports), until the process that forks is ready.
+``--bare N`` also times bare starts, alternated N times: BOSS's one interpreter against the launcher
+and its template (``boss-sidecar boss`` starts the template first), until the process that forks is ready.
 
 Usage: python scripts/bench_workers.py [--quick] [--sizes 5,20,50] [--fresh 5] [--kills 3] [--repeat 3] [--bare 9]
 """
@@ -30,6 +31,7 @@ Usage: python scripts/bench_workers.py [--quick] [--sizes 5,20,50] [--fresh 5] [
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import select
@@ -334,6 +336,16 @@ def merge(runs: list[Result]) -> Result:
     return merged
 
 
+def compile_bytecode() -> None:
+    """Both sides start from bytecode, as pip installs them: heros-boss came with its ``.pyc`` files, while
+    an editable boss-sidecar under ``PYTHONDONTWRITEBYTECODE`` would compile its modules in every process."""
+    import boss_sidecar
+
+    for directory in boss_sidecar.__path__:
+        compileall.compile_dir(directory, quiet=1)
+    compileall.compile_file(HERE / "bench_workers_hero.py", quiet=1)
+
+
 def measure_size(count: int, fresh: bool, kills: int, repeat: int, directory: Path) -> list[Result]:
     """Every system at one size, ``repeat`` times, their order rotated each time (load hits all alike)."""
     port = free_port()
@@ -358,16 +370,13 @@ _READY = "from boss_sidecar.template import _shared\nwith _shared.lock:\n    _sh
 BARE_STARTS = {
     "BOSS's main interpreter (what `boss` imports)": "import boss.starter\n",
     "the template's imports in one interpreter": (
-        "import boss_sidecar.worker.template, heros, boss.configuration, boss.worker\n"
+        "import boss_sidecar.worker.template, heros, boss.configuration, boss.worker, boss_sidecar.worker.heroes\n"
     ),
-    "host imports the rest, then starts the template": (
-        "import structlog\nfrom boss_sidecar.sidecar import Sidecar\n" + _READY
+    "the launcher's imports in one interpreter": "import boss_sidecar.cli, boss_sidecar.launcher\n",
+    "launcher imports, then starts the template": "import boss_sidecar.launcher\n" + _READY,
+    "launcher starts the template, imports meanwhile": (
+        "from boss_sidecar import template\ntemplate.start()\nimport boss_sidecar.launcher\n" + _READY
     ),
-    "host starts the template, imports the rest meanwhile": (
-        "from boss_sidecar import template\ntemplate.start()\nimport structlog\n"
-        "from boss_sidecar.sidecar import Sidecar\n" + _READY
-    ),
-    "host starts the template, imports nothing": "from boss_sidecar import template\ntemplate.start()\n" + _READY,
 }
 """Bare start-up costs: until the process that forks (BOSS's main, our template) is ready."""
 
@@ -405,6 +414,7 @@ def main() -> None:
     fresh = {2} if args.quick else {int(size) for size in args.fresh.split(",") if size}
     kills = 1 if args.quick else args.kills
     repeat = 1 if args.quick else args.repeat
+    compile_bytecode()
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for count in sizes:
