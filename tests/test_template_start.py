@@ -98,3 +98,11 @@ def test_starting_the_template_never_waits_for_one_that_is_starting() -> None:
         "template.stop()\n"
     )
     assert _fresh(code).splitlines() == ["returned"]
+
+
+def test_a_malformed_command_line_is_reported_by_the_command_s_own_parser() -> None:
+    """Finding the command word early does not change what a user sees for a bad command line:
+    the usage names the commands, and the error names the option."""
+    done = subprocess.run([CLI, "--log-level"], capture_output=True, text=True, timeout=BOUND, check=False)
+    assert done.returncode == 2
+    assert "COMMAND ..." in done.stderr and "argument --log-level: expected one argument" in done.stderr

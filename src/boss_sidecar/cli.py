@@ -86,11 +86,14 @@ process of its own while this one imports the rest (so those imports are in the 
 
 def _command(argv: Sequence[str] | None) -> str | None:
     """The command word of ``argv``, found before the full parser (and what it imports) is built."""
-    words = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    words = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     words.add_argument("--log-level")
     words.add_argument("--log-format")
     words.add_argument("command", nargs="?")
-    command: str | None = words.parse_known_args(argv)[0].command
+    try:
+        command: str | None = words.parse_known_args(argv)[0].command
+    except argparse.ArgumentError:  # the full parser says what is wrong
+        return None
     return command
 
 
