@@ -1,29 +1,29 @@
-"""Cost per worker: N HEROs under heros-boss's ``boss`` and under boss-sidecar, in one run.
+"""Cost per worker: N HEROs under heros-boss's ``boss`` and under ``boss-sidecar boss``, in one run.
 
 The same HERO configuration on both sides: N BOSS documents ``{_id, classname, arguments}`` of a
 small plain class (``bench_workers_hero.Plain``), which heros-boss's factory makes a HERO.
 
-- BOSS: the ``boss`` console script of heros-boss, ``boss -u file://docs.json --name ...``; it
-  forks one worker per HERO from its main process.
-- boss-sidecar: a host process (``bench_workers_host.py``) starts the template first, then N
-  sidecars (in parallel threads, as the launcher does), each
-  hosting ``bench_workers_hero:BossBuiltHero`` with the document, which builds the HERO in the worker
-  with heros-boss's factory (``WorkerConfigurationDocument.build_hero_for_worker``), on the worker's
-  own session. Measured with workers forked from the template (the default) and, for the sizes in
-  ``--fresh``, with fresh interpreters (``worker_template=False``, as before the template).
+- BOSS: the ``boss`` console script of heros-boss, ``boss -u file://docs.json --name ... --log error``;
+  it forks one worker per HERO from its main process.
+- boss-sidecar (template): ``boss-sidecar boss`` with the same flags; each HERO in a supervised worker
+  forked from the template process (the default).
+- boss-sidecar (fresh), for the sizes in ``--fresh``: the launcher with the same documents in a
+  ``[boss]`` table with ``worker_template = false``: every worker a fresh interpreter.
 
 Every session is a client of one zenoh router on loopback (a Python session in router mode).
-Per system: USS and PSS per worker (psutil ``memory_full_info``), the total PSS of all its processes
-(BOSS: main process and workers; boss-sidecar: host, template and workers), the time from start
-until every HERO answers (a HEROS ``RemoteHERO`` client process, started at the same moment, calls
-each), and for boss-sidecar the restart time after kill -9 of a worker (until the new worker has
-rebuilt its HERO; BOSS does not restart a killed worker), the median of ``--kills`` per run.
-Each system runs ``--repeat`` times per size, in rotated order; the medians are reported.
+Per system: USS and PSS per worker (psutil ``memory_full_info``; the workers are the pids
+``boss-sidecar health --json`` lists, BOSS's are its main process's children), the total PSS of all
+its processes (main process or launcher, template and workers), the time from start until every HERO
+answers (a HEROS ``RemoteHERO`` client process, started at the same moment, calls each), and for
+boss-sidecar the restart time after kill -9 of a HERO's worker until that HERO answers the client
+again (BOSS does not restart a killed worker), the median of ``--kills`` per run.
+Both sides start from bytecode (``compile_bytecode``). Each system runs ``--repeat`` times per size,
+in rotated order; the medians are reported.
 Goals: PSS per worker <= 1.2x BOSS's; time until every HERO answers <= BOSS's; restart from the
 template no slower than from a fresh interpreter.
 
-``--bare N`` also times bare starts, alternated N times: BOSS's one interpreter against a host and
-its template (started first or after the host's imports), until the process that forks is ready.
+``--bare N`` also times bare starts, alternated N times: BOSS's one interpreter against the launcher
+and its template (``boss-sidecar boss`` starts the template first), until the process that forks is ready.
 
 Usage: python scripts/bench_workers.py [--quick] [--sizes 5,20,50] [--fresh 5] [--kills 3] [--repeat 3] [--bare 9]
 """
@@ -31,9 +31,12 @@ Usage: python scripts/bench_workers.py [--quick] [--sizes 5,20,50] [--fresh 5] [
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
+import select
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -67,10 +70,18 @@ def router_role(port: int) -> None:
     os._exit(0)
 
 
-def client_role(t0: float, names: list[str]) -> None:
-    """Call every HERO through a RemoteHERO until each answered; print the seconds since ``t0``."""
+def _answer(name: str) -> Any:
+    """A RemoteHERO of ``name`` that answered a call; raises while none answers."""
     from heros import RemoteHERO
 
+    remote = RemoteHERO(name)
+    remote.ping()
+    return remote
+
+
+def client_role(t0: float, names: list[str]) -> None:
+    """Call every HERO until each answered and print the seconds since ``t0``; then, for each line
+    ``kill NAME PID`` on stdin, SIGKILL that worker and print the seconds until ``NAME`` answers again."""
     remotes: dict[str, Any] = {}
     deadline = time.monotonic() + BOUND
     while len(remotes) < len(names) and time.monotonic() < deadline:
@@ -78,16 +89,34 @@ def client_role(t0: float, names: list[str]) -> None:
             if name in remotes:
                 continue
             try:
-                remote = RemoteHERO(name)
-                remote.ping()
+                remotes[name] = _answer(name)
             except Exception:
                 continue
-            remotes[name] = remote
         if len(remotes) < len(names):
             time.sleep(0.02)  # discovery has no event to wait on; 20 ms granularity, the same for both sides
     answered = time.monotonic() - t0
     print(json.dumps({"answered": len(remotes), "seconds": answered}), flush=True)
+    for line in sys.stdin:
+        _, name, pid = line.split()
+        print(json.dumps(_restart(name, int(pid))), flush=True)
     os._exit(0)
+
+
+def _restart(name: str, pid: int) -> dict[str, Any]:
+    """SIGKILL the worker ``pid``; once it is gone, the seconds until HERO ``name`` answers again."""
+    pidfd = os.pidfd_open(pid)  # the worker is not our child: its exit is seen through a pidfd
+    started = time.monotonic()
+    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    select.select([pidfd], [], [], BOUND)
+    os.close(pidfd)
+    while time.monotonic() < started + BOUND:
+        try:
+            _answer(name)
+        except Exception:
+            time.sleep(0.02)  # as above: the same granularity as the start-up figure
+            continue
+        return {"restarted": True, "seconds": time.monotonic() - started}
+    return {"restarted": False, "seconds": BOUND}
 
 
 # ----------------------------------------------------------------- measuring
@@ -111,6 +140,13 @@ def _child(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[st
         stderr=subprocess.DEVNULL,
         text=True,
         env=env,
+    )
+
+
+def _quiet(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A system under test: no input, its output discarded."""
+    return subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
     )
 
 
@@ -172,12 +208,8 @@ def measure_boss(port: int, count: int, directory: Path) -> Result:
     env = _environment(port)
     boss = shutil.which("boss", path=str(Path(sys.executable).parent)) or "boss"
     t0 = time.monotonic()
-    server = subprocess.Popen(
-        [boss, "-u", documents.as_uri(), "--name", f"bench-boss-{uuid.uuid4().hex[:6]}", "--log", "error"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
+    server = _quiet(
+        [boss, "-u", documents.as_uri(), "--name", f"bench-boss-{uuid.uuid4().hex[:6]}", "--log", "error"], env
     )
     client = _child("client", repr(t0), *names, env=env)
     try:
@@ -194,56 +226,68 @@ def measure_boss(port: int, count: int, directory: Path) -> Result:
     return result
 
 
+FRESH_CONFIG = """[boss]
+urls = [{url}]
+name = {name}
+log_level = "error"
+worker_template = false
+"""
+"""The fresh-interpreter variant: the same documents and name as ``boss-sidecar boss`` gets, in a config."""
+
+
+def _launcher_command(mode: str, documents: Path, name: str, directory: Path) -> list[str]:
+    """``boss-sidecar boss`` with BOSS's flags (template), or the launcher on a ``[boss]`` table (fresh)."""
+    program = shutil.which("boss-sidecar", path=str(Path(sys.executable).parent)) or "boss-sidecar"
+    if mode == "template":
+        return [program, "boss", "-u", documents.as_uri(), "--name", name, "--log", "error"]
+    config = directory / f"fresh-{uuid.uuid4().hex[:8]}.toml"
+    config.write_text(FRESH_CONFIG.format(url=json.dumps(documents.as_uri()), name=json.dumps(name)))
+    return [program, "--log-level", "error", "run", str(config)]
+
+
+def _health(env: dict[str, str]) -> dict[str, Any]:
+    program = shutil.which("boss-sidecar", path=str(Path(sys.executable).parent)) or "boss-sidecar"
+    done = subprocess.run(
+        [program, "health", "--json"], env=env, capture_output=True, text=True, timeout=BOUND, check=False
+    )
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
 def measure_sidecars(port: int, count: int, mode: str, kills: int, directory: Path) -> Result:
     result = Result(f"boss-sidecar ({mode})", count)
     names = [f"bench-sidecar-{mode}-{count}-{i}-{uuid.uuid4().hex[:6]}" for i in range(count)]
     documents = _documents(names, directory)
     env = _environment(port)
+    env["BOSS_SIDECAR_SOCKET"] = str(directory / f"control-{uuid.uuid4().hex[:8]}.sock")
+    command = _launcher_command(mode, documents, f"bench-sidecar-{uuid.uuid4().hex[:6]}", directory)
     t0 = time.monotonic()
-    arguments = [str(port), str(count), mode, "bench-sidecar", str(documents)]
-    host = subprocess.Popen(
-        [sys.executable, str(HERE / "bench_workers_host.py"), *arguments],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
+    launcher = _quiet(command, env)
     client = _child("client", repr(t0), *names, env=env)
-    assert host.stdin is not None
+    assert client.stdin is not None
     try:
         answer = json.loads(_line(client))
         result.answered, result.answer_seconds = answer["answered"], answer["seconds"]
-        ready = json.loads(_line(host))
-        if not ready["ready"]:
-            raise RuntimeError(f"sidecars did not come up: {ready['errors']}")
-        everything = _descendants(host.pid)
-        workers = [p for p in everything if "boss_sidecar.worker" in _command(p)]
+        pids = {entry["name"]: entry["pid"] for entry in _health(env)["sidecars"]}
+        workers = [psutil.Process(pids[name]) for name in names if pids.get(name)]
         readings = _memory(workers)
         result.uss, result.pss = [u for u, _ in readings], [p for _, p in readings]
-        result.total_pss = sum(p for _, p in _memory([psutil.Process(host.pid), *everything]))
-        for index in range(min(kills, count)):
-            host.stdin.write(f"kill {index}\n")
-            host.stdin.flush()
-            restart = json.loads(_line(host))
+        everything = [psutil.Process(launcher.pid), *_descendants(launcher.pid)]
+        result.total_pss = sum(p for _, p in _memory(everything))
+        for name in names[: min(kills, count)]:
+            client.stdin.write(f"kill {name} {pids[name]}\n")
+            client.stdin.flush()
+            restart = json.loads(_line(client))
             if restart["restarted"]:
                 result.restarts.append(restart["seconds"])
-        host.stdin.write("quit\n")
-        host.stdin.flush()
-        host.wait(BOUND)
+        launcher.terminate()
+        launcher.wait(BOUND)
     finally:
         client.kill()
         client.wait(BOUND)
-        if host.poll() is None:
-            _kill_tree(host)
+        if launcher.poll() is None:
+            _kill_tree(launcher)
     return result
-
-
-def _command(process: psutil.Process) -> list[str]:
-    try:
-        return process.cmdline()
-    except psutil.Error:
-        return []
 
 
 # ----------------------------------------------------------------- report
@@ -292,6 +336,16 @@ def merge(runs: list[Result]) -> Result:
     return merged
 
 
+def compile_bytecode() -> None:
+    """Both sides start from bytecode, as pip installs them: heros-boss came with its ``.pyc`` files, while
+    an editable boss-sidecar under ``PYTHONDONTWRITEBYTECODE`` would compile its modules in every process."""
+    import boss_sidecar
+
+    for directory in boss_sidecar.__path__:
+        compileall.compile_dir(directory, quiet=1)
+    compileall.compile_file(HERE / "bench_workers_hero.py", quiet=1)
+
+
 def measure_size(count: int, fresh: bool, kills: int, repeat: int, directory: Path) -> list[Result]:
     """Every system at one size, ``repeat`` times, their order rotated each time (load hits all alike)."""
     port = free_port()
@@ -316,16 +370,13 @@ _READY = "from boss_sidecar.template import _shared\nwith _shared.lock:\n    _sh
 BARE_STARTS = {
     "BOSS's main interpreter (what `boss` imports)": "import boss.starter\n",
     "the template's imports in one interpreter": (
-        "import boss_sidecar.worker.template, heros, boss.configuration, boss.worker\n"
+        "import boss_sidecar.worker.template, heros, boss.configuration, boss.worker, boss_sidecar.worker.heroes\n"
     ),
-    "host imports the rest, then starts the template": (
-        "import structlog\nfrom boss_sidecar.sidecar import Sidecar\n" + _READY
+    "the launcher's imports in one interpreter": "import boss_sidecar.cli, boss_sidecar.launcher\n",
+    "launcher imports, then starts the template": "import boss_sidecar.launcher\n" + _READY,
+    "launcher starts the template, imports meanwhile": (
+        "from boss_sidecar import template\ntemplate.start()\nimport boss_sidecar.launcher\n" + _READY
     ),
-    "host starts the template, imports the rest meanwhile": (
-        "from boss_sidecar import template\ntemplate.start()\nimport structlog\n"
-        "from boss_sidecar.sidecar import Sidecar\n" + _READY
-    ),
-    "host starts the template, imports nothing": "from boss_sidecar import template\ntemplate.start()\n" + _READY,
 }
 """Bare start-up costs: until the process that forks (BOSS's main, our template) is ready."""
 
@@ -363,6 +414,7 @@ def main() -> None:
     fresh = {2} if args.quick else {int(size) for size in args.fresh.split(",") if size}
     kills = 1 if args.quick else args.kills
     repeat = 1 if args.quick else args.repeat
+    compile_bytecode()
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for count in sizes:

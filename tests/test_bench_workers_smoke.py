@@ -9,8 +9,9 @@ from pathlib import Path
 SCRIPT = Path(__file__).parent.parent / "scripts" / "bench_workers.py"
 
 
-def test_bench_workers_quick_run_measures_boss_and_both_kinds_of_sidecar_worker() -> None:
-    """``bench_workers.py --quick`` brings up BOSS's HEROs and the sidecars' and prints every ratio."""
+def test_bench_workers_quick_run_measures_boss_and_boss_sidecar_boss_both_ways() -> None:
+    """``bench_workers.py --quick`` runs ``boss`` and ``boss-sidecar boss`` (template, and fresh workers
+    through a ``[boss]`` config), sees every HERO answer, a killed HERO worker answer again, and prints every ratio."""
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=300, check=True
     )
@@ -19,6 +20,8 @@ def test_bench_workers_quick_run_measures_boss_and_both_kinds_of_sidecar_worker(
         rows = [line.split() for line in lines if line.startswith(system)]
         assert len(rows) == 1, done.stdout
         assert rows[0][-6] == "2", done.stdout  # both HEROs answered
+        if system != "BOSS":
+            assert rows[0][-1] != "-", done.stdout  # the killed HERO answered again
     for ratio in ("PSS per worker sidecar/BOSS", "time until every HERO answers", "restart after kill -9"):
         assert any(ratio in line for line in lines), done.stdout
     assert len([line for line in lines if line.startswith("bare start:")]) == 5, done.stdout

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from boss_sidecar import cli
+from boss_sidecar import cli, config
 from boss_sidecar.boss import BOSS
 from boss_sidecar.errors import ConfigError
 from boss_sidecar.testing import client_config, wait_until
@@ -143,7 +143,7 @@ def test_boss_without_heros_boss_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Without the optional extra, `boss-sidecar boss` exits 1 with one line naming the install command."""
-    monkeypatch.setattr(cli, "heros_boss_installed", lambda: False)
+    monkeypatch.setattr(config, "heros_boss_installed", lambda: False)  # the command looks it up when run
     assert cli._boss(cli._parser().parse_args(["boss", "-u", "heroes.json"])) == 1  # main() would set up logging
     assert (
         capsys.readouterr().err

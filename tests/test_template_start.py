@@ -15,6 +15,7 @@ from boss_sidecar.testing import peer_config, wait_until
 from peers.fault_support import BOUND
 
 HOST = Path(__file__).parent / "peers" / "template_start_host.py"
+HEAVY = ("structlog", "boss_sidecar.launcher", "boss_sidecar.sidecar", "boss_sidecar.supervisor")
 CLI = shutil.which("boss-sidecar", path=str(Path(sys.executable).parent)) or "boss-sidecar"
 
 
@@ -73,3 +74,35 @@ def test_a_launcher_whose_sidecars_all_start_fresh_interpreters_keeps_no_templat
     finally:
         launcher.terminate()
         launcher.wait(BOUND)
+
+
+def test_boss_sidecar_command_imports_no_launcher_before_it_starts_the_template() -> None:
+    """``boss-sidecar run`` and ``boss`` start the template before anything heavy is imported: the
+    command's module imports neither structlog nor the launcher, the sidecar or the supervisor."""
+    code = "import sys, boss_sidecar.cli\nprint(sorted(m for m in sys.modules if m in " + repr(HEAVY) + "))\n"
+    assert _fresh(code).splitlines() == ["[]"]
+
+
+def test_starting_the_template_never_waits_for_one_that_is_starting() -> None:
+    """``template.start()`` returns at once while another thread holds the template (starting one, or
+    forking): the launcher goes on with its own start meanwhile."""
+    code = (
+        "import threading\n"
+        "from boss_sidecar import template\n"
+        "template._shared.lock.acquire()\n"
+        "starter = threading.Thread(target=template.start)\n"
+        "starter.start()\n"
+        f"starter.join({BOUND})\n"
+        "print('waited' if starter.is_alive() else 'returned')\n"
+        "template._shared.lock.release()\n"
+        "template.stop()\n"
+    )
+    assert _fresh(code).splitlines() == ["returned"]
+
+
+def test_a_malformed_command_line_is_reported_by_the_command_s_own_parser() -> None:
+    """Finding the command word early does not change what a user sees for a bad command line:
+    the usage names the commands, and the error names the option."""
+    done = subprocess.run([CLI, "--log-level"], capture_output=True, text=True, timeout=BOUND, check=False)
+    assert done.returncode == 2
+    assert "COMMAND ..." in done.stderr and "argument --log-level: expected one argument" in done.stderr

@@ -13,15 +13,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from boss_sidecar.boss_check import check_boss_sources
-from boss_sidecar.config import BOSS_EXTRA_MISSING, BossSpec, LauncherConfig, heros_boss_installed, load_config
-from boss_sidecar.control import ENV_SOCKET, REQUEST_TIMEOUT, LauncherUnreachable, default_socket_path, request
+from boss_sidecar import template
 from boss_sidecar.errors import ConfigError
-from boss_sidecar.launcher import Launcher, unique_instance_name
-from boss_sidecar.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
-from boss_sidecar.policy import SidecarPolicy
+
+if TYPE_CHECKING:
+    from boss_sidecar.config import LauncherConfig
 
 HEALTHY, UNHEALTHY, UNREACHABLE = 0, 1, 2
 ENV_CONFIG = "BOSS_SIDECAR_CONFIG"
@@ -30,6 +28,9 @@ ENV_LOG_FORMAT = "BOSS_SIDECAR_LOG_FORMAT"
 
 
 def _parser() -> argparse.ArgumentParser:
+    from boss_sidecar.control import ENV_SOCKET, REQUEST_TIMEOUT, default_socket_path  # noqa: PLC0415 - see main
+    from boss_sidecar.logs import LOG_FORMATS, LOG_LEVELS  # noqa: PLC0415
+
     # The logging options are accepted before and after the subcommand; SUPPRESS keeps a
     # subcommand's unset option from overwriting one given before it.
     def logging_options(parser: argparse.ArgumentParser, top: bool) -> None:
@@ -69,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     boss.add_argument("--expose", action="store_true", help="expose the BOSS object as a HERO named --name")
     boss.add_argument("--realm", default="heros", help="realm under which the HEROs are exposed")
     boss.add_argument("--no-autostart", action="store_true", help="turn off autostart")
-    boss.add_argument("--name", default=unique_instance_name(), help="name of the BOSS instance (unique if exposed)")
+    boss.add_argument("--name", help="name of the BOSS instance (unique if exposed; default: host name and a uuid)")
     boss.add_argument("-u", "--url", action="append", default=[], help="path or URL of a configuration (repeatable)")
     boss.add_argument(
         "-e", "--env", action="append", default=[], help="environment variable holding a configuration (BOSS always)"
@@ -78,8 +79,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+STARTS_WORKERS = ("run", "boss")
+"""Commands that start workers: the template starts first thing, importing zenoh and HEROS in a
+process of its own while this one imports the rest (so those imports are in the functions below)."""
+
+
+def _command(argv: Sequence[str] | None) -> str | None:
+    """The command word of ``argv``, found before the full parser (and what it imports) is built."""
+    words = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    words.add_argument("--log-level")
+    words.add_argument("--log-format")
+    words.add_argument("command", nargs="?")
+    try:
+        command: str | None = words.parse_known_args(argv)[0].command
+    except argparse.ArgumentError:  # the full parser says what is wrong
+        return None
+    return command
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if _command(argv) in STARTS_WORKERS:
+        template.start()
     args = _parser().parse_args(argv)
+    from boss_sidecar.logs import configure_logging  # noqa: PLC0415 - after the template started
+
     configure_logging(args.log_level, args.log_format)
     if args.command == "run":
         return _run(args)
@@ -96,6 +119,10 @@ BOSS_LEVELS |= {"error": "error", "critical": "critical"}
 
 def boss_config(args: argparse.Namespace) -> LauncherConfig:
     """The launcher configuration BOSS's flags mean: one BOSS, its sources, every HERO in a sidecar."""
+    from boss_sidecar.config import BossSpec, LauncherConfig  # noqa: PLC0415 - after the template started
+    from boss_sidecar.launcher import unique_instance_name  # noqa: PLC0415
+    from boss_sidecar.policy import SidecarPolicy  # noqa: PLC0415
+
     level = BOSS_LEVELS.get(str(args.log or os.environ.get("HEROS_LOG") or "INFO").lower())
     if level is None:
         raise ConfigError(f"--log (or HEROS_LOG) must be one of {', '.join(BOSS_LEVELS)}, got {args.log!r}")
@@ -103,7 +130,7 @@ def boss_config(args: argparse.Namespace) -> LauncherConfig:
         urls=tuple(args.url),
         env=("BOSS", *args.env),  # BOSS appends to its default
         realm=args.realm,
-        name=args.name,
+        name=args.name or unique_instance_name(),
         expose=args.expose,
         autostart=not args.no_autostart,
         policy=SidecarPolicy(log_level=level),
@@ -112,6 +139,11 @@ def boss_config(args: argparse.Namespace) -> LauncherConfig:
 
 
 def _boss(args: argparse.Namespace) -> int:
+    from boss_sidecar.config import BOSS_EXTRA_MISSING, heros_boss_installed  # noqa: PLC0415 - see main
+    from boss_sidecar.control import default_socket_path  # noqa: PLC0415
+    from boss_sidecar.launcher import Launcher  # noqa: PLC0415
+    from boss_sidecar.logs import configure_logging  # noqa: PLC0415
+
     if not heros_boss_installed():
         print(f"boss-sidecar boss: {BOSS_EXTRA_MISSING}", file=sys.stderr)
         return 1
@@ -126,11 +158,17 @@ def _boss(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from boss_sidecar.control import default_socket_path  # noqa: PLC0415 - see main
+    from boss_sidecar.launcher import Launcher  # noqa: PLC0415
+
     config = args.config or (Path(os.environ[ENV_CONFIG]) if os.environ.get(ENV_CONFIG) else None)
     return Launcher(config, args.socket or default_socket_path()).run()
 
 
 def _check_config(path: Path) -> int:
+    from boss_sidecar.boss_check import check_boss_sources  # noqa: PLC0415 - only this command checks
+    from boss_sidecar.config import load_config  # noqa: PLC0415
+
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -152,6 +190,8 @@ def _check_config(path: Path) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
+    from boss_sidecar.control import LauncherUnreachable, default_socket_path, request  # noqa: PLC0415 - see main
+
     path = args.socket or default_socket_path()
     try:
         answer = request(path, {"command": "health"}, timeout=args.timeout)

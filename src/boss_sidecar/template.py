@@ -289,6 +289,7 @@ class _Shared:
         self.current: TemplateProcess | None = None
         self.preloads: list[str] = []
         self.starting = False  # a thread is starting the template in the background
+        self._starting_lock = threading.Lock()  # not ``lock``: that one is held while a template starts
 
     def template(self) -> TemplateProcess:
         """The running template (caller holds the lock)."""
@@ -298,8 +299,10 @@ class _Shared:
         return self.current
 
     def start(self) -> None:
-        """Start the template on a thread of its own, unless it runs or is starting; forks wait for it."""
-        with self.lock:
+        """Start the template on a thread of its own, unless it runs or is starting; forks wait for it.
+
+        Never waits for a template that is starting (or a fork): its caller goes on with its own work."""
+        with self._starting_lock:
             if self.starting or (self.current is not None and self.current.alive):
                 return
             self.starting = True
@@ -352,6 +355,7 @@ class _Shared:
     def forget(self) -> None:
         """In a forked child of the host: the template is the parent's."""
         self.lock = threading.Lock()
+        self._starting_lock = threading.Lock()
         self.starting = False
         if self.current is not None:
             with contextlib.suppress(OSError):

@@ -1,4 +1,4 @@
-"""A host that starts the template first thing, as bench_workers_host.py and the launcher do.
+"""A host that starts the template first thing, as the launcher does.
 
 Prints one JSON line: the heavy modules it had imported when the template was already running
 (none expected), the template's pid then, and the template its sidecar's worker was forked from.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
+import time
 from typing import Any
 
 from boss.configuration import WorkerConfigurationDocument
@@ -22,6 +23,28 @@ from boss_sidecar.logs import get_logger
 _log = get_logger("boss_sidecar.worker.heroes")
 LOOP_STOP_BOUND = 2.0
 """Seconds the event loop's thread may take to finish after a stop."""
+NAME_WAIT = 10.0
+"""Seconds a ``$name`` argument waits for its HERO: as long as BOSS's ten tries, a second apart."""
+NAME_POLL = 0.05
+"""Seconds between two looks for that HERO (discovery has no event to wait on); BOSS looks every second."""
+
+
+def remote_hero(name: str, realm: str, wait: float = NAME_WAIT) -> Any:
+    """BOSS's ``$name`` argument: a ``RemoteHERO`` of ``name``, as soon as that HERO answers discovery.
+
+    heros-boss's factory tries once a second, so a HERO started beside the one it names (BOSS starts
+    them all at once) waits a whole second for it; this looks every 50 ms, within the same bound.
+    """
+    from heros import RemoteHERO  # noqa: PLC0415 - imported where the factory would import it
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return RemoteHERO(name, realm)
+        except Exception as exc:
+            if time.monotonic() >= deadline:
+                raise NameError(f"Could not get HERO {name} within {wait:g} s: {exc}") from exc
+        time.sleep(NAME_POLL)
 
 
 class BossHero:
@@ -32,6 +55,9 @@ class BossHero:
         config = WorkerConfigurationDocument(copy.deepcopy(document))
         if boss is not None:  # the management HERO: its calls go back to the BOSS in the launcher
             config["arguments"]["boss"] = boss
+        for key, value in config.get("arguments", {}).items():  # before the factory, which would wait 1 s a try
+            if isinstance(value, str) and value.startswith("$"):
+                config["arguments"][key] = remote_hero(value[1:], realm)
         self.name: str = config["_id"]
         self.classname: str = config["classname"]
         try:
