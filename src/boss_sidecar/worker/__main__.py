@@ -96,13 +96,14 @@ class _Done:
     Python runs signal handlers on the main thread only, but the kernel hands a process's SIGTERM
     to any thread that does not block it (zenoh's, the reader's). A main thread asleep on a lock
     is not woken when another thread takes the signal: the handler would wait, and the worker live
-    on, for good. So the main thread sleeps in select on the signal wakeup fd, which the C-level
-    handler writes on whichever thread took the signal; ``set`` writes there too.
+    on, for good. So the main thread sleeps reading the signal wakeup fd, which the C-level handler
+    writes on whichever thread took the signal; ``set`` writes there too.
     """
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        os.set_blocking(self._read, True)  # the main thread sleeps reading it
         signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)  # main thread only: main() runs there
 
     def set(self) -> None:
@@ -110,15 +111,10 @@ class _Done:
         with contextlib.suppress(BlockingIOError):  # full: the main thread wakes all the same
             os.write(self._write, b"\0")
 
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
     def wait(self) -> None:
         """Until ``set``: woken by ``set`` and by every signal with a handler, whichever thread took it."""
         while not self._event.is_set():
-            select.select([self._read], [], [])
-            with contextlib.suppress(BlockingIOError):
-                os.read(self._read, 4096)
+            os.read(self._read, 4096)
 
 
 def _watch_parent(parent_pid: int, done: _Done) -> None:
