@@ -181,6 +181,21 @@ def test_sigterm_from_outside_is_named_and_on_failure_does_not_restart(make_side
     assert returns.info()["zid"]
 
 
+@pytest.mark.parametrize("forked", [True, False], ids=["forked", "fresh"])
+def test_a_sigterm_taken_by_another_worker_thread_still_ends_the_worker(
+    make_sidecar: MakeSidecar, forked: bool
+) -> None:
+    """The kernel hands a process's SIGTERM to any of its threads, but Python runs the handler on the
+    main thread only: a SIGTERM that a call's thread takes still ends the worker, read as from outside."""
+    sidecar = make_sidecar(f"sigterm-thread-{'forked' if forked else 'fresh'}", worker_template=forked)
+    pid = sidecar.pid
+    with contextlib.suppress(SidecarError):  # the reply may be lost as the worker leaves
+        sidecar.host(ECHO).sigterm_this_thread()
+    wait_until(lambda: sidecar.state == S.STOPPED, BOUND, "the worker to end on its SIGTERM")
+    assert sidecar.health().reason == "worker terminated by SIGTERM from outside; restart policy is on-failure"
+    assert pid is not None and worker_gone(pid)
+
+
 def test_a_replay_that_times_out_is_a_failed_start_retried_under_the_policy(
     make_sidecar: MakeSidecar, tmp_path: Path
 ) -> None:

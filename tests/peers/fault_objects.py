@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -83,6 +84,15 @@ class FaultEcho:
         with socket.socket(fileno=os.dup(fd)) as channel:
             channel.shutdown(socket.SHUT_RDWR)
         threading.Event().wait(0.5)  # still alive while the host notices: the race window, held open
+
+    def sigterm_this_thread(self) -> str:
+        """SIGTERM delivered to the thread running this call, never the main one: as the kernel may
+        hand a process's SIGTERM to any of its threads. Returns that thread's name."""
+        here = threading.current_thread()
+        if here is threading.main_thread():
+            raise RuntimeError("a call ran on the worker's main thread")
+        signal.pthread_kill(here.ident or 0, signal.SIGTERM)
+        return here.name
 
     def call_host(self, ref: Any, method: str) -> Any:
         """Ask the host to run ``method`` of the exported object behind ``ref``, by the raw request."""

@@ -90,7 +90,34 @@ def _configure_logging(service: WorkerService, level: str, incarnation: int) -> 
     root.setLevel(level.upper())
 
 
-def _watch_parent(parent_pid: int, done: threading.Event) -> None:
+class _Done:
+    """Set when the worker should leave; the main thread sleeps in ``wait`` until then.
+
+    Python runs signal handlers on the main thread only, but the kernel hands a process's SIGTERM
+    to any thread that does not block it (zenoh's, the reader's). A main thread asleep on a lock
+    is not woken when another thread takes the signal: the handler would wait, and the worker live
+    on, for good. So the main thread sleeps reading the signal wakeup fd, which the C-level handler
+    writes on whichever thread took the signal; ``set`` writes there too.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        os.set_blocking(self._read, True)  # the main thread sleeps reading it
+        signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)  # main thread only: main() runs there
+
+    def set(self) -> None:
+        self._event.set()
+        with contextlib.suppress(BlockingIOError):  # full: the main thread wakes all the same
+            os.write(self._write, b"\0")
+
+    def wait(self) -> None:
+        """Until ``set``: woken by ``set`` and by every signal with a handler, whichever thread took it."""
+        while not self._event.is_set():
+            os.read(self._read, 4096)
+
+
+def _watch_parent(parent_pid: int, done: _Done) -> None:
     """Linux: ask for a signal when the parent dies; ignore it if only the spawning thread ended."""
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -105,7 +132,7 @@ def _watch_parent(parent_pid: int, done: threading.Event) -> None:
         done.set()
 
 
-def _watch_host(host_pid: int, done: threading.Event) -> None:
+def _watch_host(host_pid: int, done: _Done) -> None:
     """A worker forked by the template: its parent is the template, so it watches the host by a pidfd."""
     try:
         pidfd = os.pidfd_open(host_pid)
@@ -145,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--forked", action="store_true", help="forked by the template: watch the host by a pidfd")
     args = parser.parse_args(argv)
 
-    done = threading.Event()
+    done = _Done()
     asked = threading.Event()  # a stop request or SIGTERM: exiting is what was wanted
     reason = {"why": "host closed the channel"}
     service = WorkerService(args.name)
