@@ -94,6 +94,8 @@ class _Busy:
     """When user code started on the item it runs now: a run past ``stuck_after`` seconds is stuck,
     shown by ``stuck()`` (in health()) and logged once when more items arrive."""
 
+    __slots__ = ("_backlog", "_name", "_stuck_after", "_warned_since", "since")  # ``since`` is set per item
+
     def __init__(self, name: str, backlog: Backlog, stuck_after: float) -> None:
         self._name = name
         self._backlog = backlog
@@ -160,10 +162,10 @@ class CallbackDelivery(Delivery[T]):
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        callback, busy = self._callback, self._busy
+        callback, busy, clock = self._callback, self._busy, time.monotonic
         while (queued := self._queue.get()) is not _CLOSED:
             for item in queued.items:
-                busy.since = time.monotonic()
+                busy.since = clock()
                 try:
                     callback(item)
                 except Exception:
