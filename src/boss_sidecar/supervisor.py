@@ -512,8 +512,9 @@ class Supervisor:
 
     # ----------------------------------------------------------------- health
     def health(self) -> Health:
-        current = self._current
-        state = self.state
+        with self._cond:  # one snapshot: a whole restart can run between two unguarded reads
+            current, state, reason = self._current, self.state, self.reason
+            incarnation, restarts, last_exit = self._incarnations, self._restarts, self._last_exit
         alive = current is not None and current.process.returncode is None and self.owned_by_this_process
         reading = current.probe.read() if current is not None and alive else None
         now = time.monotonic()
@@ -526,12 +527,12 @@ class Supervisor:
             name=self.name,
             state=str(state),
             healthy=state == S.RUNNING and alive and overdue is None,
-            reason=self.reason if overdue is None else overdue,
+            reason=reason if overdue is None else overdue,
             pid=current.process.pid if current is not None and alive else None,
-            incarnation=self._incarnations,
+            incarnation=incarnation,
             uptime=now - current.started if current is not None and alive else None,
-            restarts=self._restarts,
-            last_exit=self._last_exit,
+            restarts=restarts,
+            last_exit=last_exit,
             rss_bytes=reading.rss_bytes if reading else None,
             cpu_percent=reading.cpu_percent if reading else None,
             threads=reading.threads if reading else None,
