@@ -56,10 +56,6 @@ def zenoh_config_source(config: dict[str, Any] | str | os.PathLike[str] | None) 
     raise ConfigError(f"zenoh configuration must be a dict, a file path or None, got {type(config).__name__}")
 
 
-# The put path reads these names; they live in the shared core.
-_check_key, _options, _shared_put_options = check_key, options, shared_put_options
-
-
 @dataclass(eq=False)
 class Declaration:
     """A ledger entry and the user's handle: ``close()`` undeclares it in the worker."""
@@ -275,23 +271,23 @@ class Sidecar(SupervisedFacts):
         self._put_pipeline.raise_errors()
         if type(payload) is not bytes:  # the common case skips building the error text
             payload = normalise_payload(payload, f"put {key_expr!r}")
-        options: dict[str, Any] | None = None
+        chosen: dict[str, Any] | None = None
         if attachment is None and (encoding, congestion_control, priority, express) != (None, None, None, None):
             try:
-                options = _shared_put_options(encoding, congestion_control, priority, express)
+                chosen = shared_put_options(encoding, congestion_control, priority, express)
             except TypeError:  # an unhashable value: the worker names it
-                options = _options(
+                chosen = options(
                     encoding=encoding, congestion_control=congestion_control, priority=priority, express=express
                 )
         elif attachment is not None:
-            options = _options(
+            chosen = options(
                 encoding=encoding,
                 congestion_control=congestion_control,
                 priority=priority,
                 express=express,
                 attachment=attachment,
             )
-        self._put_pipeline.add((_check_key(key_expr, "put"), payload, options))
+        self._put_pipeline.add((check_key(key_expr, "put"), payload, chosen))
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every earlier put reached the worker and ran; raise the first put error.
