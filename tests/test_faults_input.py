@@ -225,6 +225,36 @@ def test_exception_the_host_cannot_unpickle_arrives_as_remote_error(serving: Ser
     serving.assert_still_serving()
 
 
+def test_zenoh_error_escaping_a_hosted_method_is_a_zenoh_error_and_zenoh_stays_out_of_the_host(
+    serving: Serving,
+) -> None:
+    """zenoh's ZError raised by a hosted method (a HERO whose session closed while it was built): a
+    ZenohError with zenoh's text and the worker's traceback; unpickling it did not import zenoh here."""
+    with pytest.raises(ZenohError) as raised:
+        serving.echo.raise_zenoh_error("session closed")
+    assert str(raised.value) == "ZError: session closed"
+    (note,) = raised.value.__notes__
+    assert "remote traceback" in note and "raise_zenoh_error" in note
+    assert "zenoh" not in sys.modules
+    serving.assert_still_serving()
+
+
+@pytest.mark.parametrize(
+    ("method", "refers_to"),
+    [("zenoh_error_as_value", "zenoh.ZError"), ("worker_function", "boss_sidecar.worker.convert.qos")],
+)
+def test_result_that_would_import_zenoh_in_the_host_is_an_encode_error_naming_it(
+    serving: Serving, method: str, refers_to: str
+) -> None:
+    """A result referring to zenoh or to the worker's code would import zenoh where it is unpickled:
+    EncodeError naming the call and what it refers to; the host never imports zenoh."""
+    expected = rf"result of call '{method}' of FaultEcho .*cannot travel: {re.escape(refers_to)} would import"
+    with pytest.raises(EncodeError, match=expected):
+        getattr(serving.echo, method)()
+    assert "zenoh" not in sys.modules
+    serving.assert_still_serving()
+
+
 # ----------------------------------------------------------------- hosting
 @pytest.mark.parametrize(
     ("classname", "expected"),

@@ -2,17 +2,55 @@
 
 Kept apart from ``rpc``: an exception that would not survive the trip travels as a RemoteError
 with its text, and a message that does not pickle is named by its first part that does not.
+Nothing sent may make its reader import zenoh (or the worker's modules, which import it): a host
+never does (DESIGN.md), and unpickling a reference to a class imports its module.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
 import traceback
 from typing import Any
 
 from boss_sidecar._pending import _describe
-from boss_sidecar.errors import EncodeError, MessageTooLarge, RemoteError
+from boss_sidecar.errors import EncodeError, MessageTooLarge, RemoteError, ZenohError
 from boss_sidecar.protocol import Call, Error, Event, Message, Result, SetAttribute
+
+HOST_NEVER_IMPORTS = ("zenoh", "boss_sidecar.worker")
+"""Packages a host never imports; a pickle that refers to them is refused or replaced by its text."""
+_NEVER_IMPORTED_MARKS = tuple(package.encode() for package in HOST_NEVER_IMPORTS)
+
+
+def _never_imported(module: str) -> bool:
+    return any(module == package or module.startswith(package + ".") for package in HOST_NEVER_IMPORTS)
+
+
+class _AsTheHostWould(pickle.Unpickler):
+    """Unpickles as a host would, refusing a reference that would import what a host never imports."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if _never_imported(module):
+            raise pickle.UnpicklingError(f"{module}.{name} would import {module} in a host that never imports it")
+        return super().find_class(module, name)
+
+
+def _refers_to_never_imported(data: bytes) -> str | None:
+    """What in ``data`` a host could not unpickle without importing zenoh, if anything.
+
+    A quick look for the packages' names first: a precise check only when one appears."""
+    for mark in _NEVER_IMPORTED_MARKS:
+        if mark in data:
+            break
+    else:
+        return None
+    try:
+        _AsTheHostWould(io.BytesIO(data)).load()
+    except pickle.UnpicklingError as exc:
+        return str(exc)
+    except Exception:
+        return None  # another failure is not this check's concern: it only looks for references
+    return None
 
 
 def _dumps(obj: object) -> bytes:
@@ -52,6 +90,8 @@ def _encode(message: Message, name: str, limit: int) -> tuple[list[bytes], int]:
     except Exception as exc:
         what = _describe(message)
         raise EncodeError(f"{name}: {what}: {_which_unpicklable(message)} cannot be pickled: {exc}") from exc
+    if type(message) is Result and (refused := _refers_to_never_imported(parts[0])) is not None:
+        raise EncodeError(f"{name}: {_describe(message)}: the result cannot travel: {refused}")
     size = sum(map(len, parts)) if len(parts) > 1 else len(parts[0])
     if size > limit:
         raise MessageTooLarge(
@@ -61,19 +101,22 @@ def _encode(message: Message, name: str, limit: int) -> tuple[list[bytes], int]:
 
 
 def _travels(exc: BaseException) -> bool:
-    """Whether an exception survives a pickle round trip (many custom ones do not)."""
+    """Whether an exception survives a pickle round trip (many custom ones do not) in a host."""
     try:
-        pickle.loads(_dumps(exc))
+        _AsTheHostWould(io.BytesIO(_dumps(exc))).load()
     except Exception:
         return False
     return True
 
 
 def portable_error(exc: BaseException) -> BaseException:
-    """The exception itself if it can travel, else a RemoteError that carries its text."""
+    """The exception itself if it can travel, else one that carries its text: ZenohError for zenoh's
+    own errors (as the worker's operations raise them), RemoteError for the rest."""
     if _travels(exc):
         return exc
     kind = type(exc)
+    if kind.__module__ == "zenoh":
+        return ZenohError(f"{kind.__qualname__}: {exc}")
     return RemoteError(f"{kind.__module__}.{kind.__qualname__}", str(exc), "".join(traceback.format_exception(exc)))
 
 

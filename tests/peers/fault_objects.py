@@ -75,6 +75,23 @@ class FaultEcho:
     def raise_worker_only(self, message: str) -> None:
         raise _worker_only_error()(message)
 
+    def raise_zenoh_error(self, message: str) -> None:
+        """zenoh's own error escaping a hosted method, as from a HERO whose session closed under it."""
+        import zenoh  # in the worker only: this module imports nothing of zenoh
+
+        raise zenoh.ZError(message)
+
+    def zenoh_error_as_value(self) -> dict[str, Any]:
+        import zenoh  # in the worker only
+
+        return {"problem": zenoh.ZError("session closed")}
+
+    def worker_function(self) -> Any:
+        """A function of the worker's own code: pickled by reference, it would import the worker's module."""
+        from boss_sidecar.worker.convert import qos  # in the worker only
+
+        return qos
+
     def peek_secret(self) -> str:
         return self._secret
 
