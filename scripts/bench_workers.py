@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import json
 import os
 import select
@@ -130,6 +131,8 @@ class Result:
     pss: list[float] = field(default_factory=list)
     total_pss: float = float("nan")
     restarts: list[float] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds (user + system) each role had used when every HERO answered: main, template, workers."""
 
 
 def _child(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -184,6 +187,37 @@ def _memory(processes: Iterable[psutil.Process]) -> list[tuple[float, float]]:
     return found
 
 
+def _cpu_seconds(processes: Iterable[psutil.Process]) -> float:
+    """CPU time (user + system) of ``processes``. Per process the larger of two lower bounds: psutil's
+    figure, in clock ticks of 10 ms (a worker's few milliseconds round to nothing), and the sum of the
+    scheduler's nanosecond counts of its live threads (threads that ended, such as numpy's at import
+    in BOSS's main process, are missing there)."""
+    total = 0.0
+    for process in processes:
+        ticks = threads = 0.0
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            ticks = times.user + times.system
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            tasks = Path(f"/proc/{process.pid}/task")
+            threads = sum(int((task / "schedstat").read_text().split()[0]) for task in tasks.iterdir()) / 1e9
+        total += max(ticks, threads)
+    return total
+
+
+def _cpu_by_role(main_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the main process (BOSS's, or the launcher), the template and the workers."""
+    template, workers = [], []
+    for process in _descendants(main_pid):
+        try:
+            command = " ".join(process.cmdline())
+        except psutil.Error:
+            continue
+        (template if "boss_sidecar.worker.template" in command else workers).append(process)
+    main = _cpu_seconds([psutil.Process(main_pid)])
+    return {"main": main, "template": _cpu_seconds(template), "workers": _cpu_seconds(workers)}
+
+
 def _descendants(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)
@@ -215,6 +249,7 @@ def measure_boss(port: int, count: int, directory: Path) -> Result:
     try:
         answer = json.loads(_line(client))
         result.answered, result.answer_seconds = answer["answered"], answer["seconds"]
+        result.cpu = _cpu_by_role(server.pid)
         workers = _descendants(server.pid)
         readings = _memory(workers)
         result.uss, result.pss = [u for u, _ in readings], [p for _, p in readings]
@@ -268,6 +303,7 @@ def measure_sidecars(port: int, count: int, mode: str, kills: int, directory: Pa
     try:
         answer = json.loads(_line(client))
         result.answered, result.answer_seconds = answer["answered"], answer["seconds"]
+        result.cpu = _cpu_by_role(launcher.pid)
         pids = {entry["name"]: entry["pid"] for entry in _health(env)["sidecars"]}
         workers = [psutil.Process(pids[name]) for name in names if pids.get(name)]
         readings = _memory(workers)
@@ -299,12 +335,14 @@ def report(results: list[Result]) -> None:
     print(
         f"{'system':<28}{'N':>4}{'answered':>9}{'all answer s':>14}"
         f"{'USS/worker MB':>15}{'PSS/worker MB':>15}{'total PSS MB':>14}{'restart s':>11}"
+        f"{'CPU s main/template/workers':>30}"
     )
     for r in results:
         restart = f"{statistics.median(r.restarts):.3f}" if r.restarts else "-"
+        cpu = "/".join(f"{r.cpu.get(role, float('nan')):.2f}" for role in ("main", "template", "workers"))
         print(
             f"{r.system:<28}{r.count:>4}{r.answered:>9}{r.answer_seconds:>14.2f}"
-            f"{_mean(r.uss):>15.1f}{_mean(r.pss):>15.1f}{r.total_pss:>14.0f}{restart:>11}"
+            f"{_mean(r.uss):>15.1f}{_mean(r.pss):>15.1f}{r.total_pss:>14.0f}{restart:>11}{cpu:>30}"
         )
     print()
     by = {(r.system, r.count): r for r in results}
@@ -318,6 +356,9 @@ def report(results: list[Result]) -> None:
         print(f"N={count}: ratio PSS per worker sidecar/BOSS: {pss:.2f} (goal <= 1.2)")
         print(f"N={count}: ratio total PSS sidecar/BOSS: {total:.2f}")
         print(f"N={count}: ratio time until every HERO answers sidecar/BOSS: {answer:.2f} (goal <= 1)")
+        if boss.cpu and forked.cpu:
+            cpu = sum(forked.cpu.values()) / sum(boss.cpu.values())
+            print(f"N={count}: ratio CPU seconds used until every HERO answers sidecar/BOSS: {cpu:.2f}")
         fresh = by.get(("boss-sidecar (fresh)", count))
         if fresh is not None and fresh.restarts and forked.restarts:
             ratio = statistics.median(forked.restarts) / statistics.median(fresh.restarts)
@@ -333,6 +374,7 @@ def merge(runs: list[Result]) -> Result:
     middle = sorted(runs, key=lambda run: _mean(run.pss))[len(runs) // 2]
     merged.uss, merged.pss, merged.total_pss = middle.uss, middle.pss, middle.total_pss
     merged.restarts = [seconds for run in runs for seconds in run.restarts]
+    merged.cpu = {role: statistics.median(run.cpu.get(role, 0.0) for run in runs) for role in runs[0].cpu}
     return merged
 
 
@@ -382,11 +424,14 @@ BARE_STARTS = {
 
 
 def measure_bare(rounds: int) -> None:
-    """Each start in a fresh interpreter, the starts alternated ``rounds`` times; medians."""
+    """Each start in a fresh interpreter, the starts alternated ``rounds`` times; medians of the wall time
+    and, for the starts of one interpreter alone, of its CPU time (user + system; numpy's threads make
+    it exceed the wall time). On two cores, the CPU time of everything that starts at once is what counts."""
     seconds: dict[str, list[float]] = {name: [] for name in BARE_STARTS}
+    cpu: dict[str, list[float]] = {name: [] for name in BARE_STARTS}
     for _ in range(rounds):
         for name, code in BARE_STARTS.items():
-            started = time.monotonic()
+            started, before = time.monotonic(), os.times()
             subprocess.run(
                 [sys.executable, "-c", code + "import os\nos._exit(0)\n"],
                 check=True,
@@ -395,10 +440,15 @@ def measure_bare(rounds: int) -> None:
                 timeout=BOUND,
             )
             seconds[name].append(time.monotonic() - started)
+            after = os.times()
+            user, system = after.children_user - before.children_user, after.children_system - before.children_system
+            cpu[name].append(user + system)
     boss = statistics.median(next(iter(seconds.values())))
     for name, values in seconds.items():
         median = statistics.median(values)
-        print(f"bare start: {name:<54} {median:.3f} s  ({median / boss:.2f}x BOSS's)")
+        alone = _READY not in BARE_STARTS[name]  # a template it started is not its child to account
+        used = f"  CPU {statistics.median(cpu[name]):.3f} s" if alone else ""
+        print(f"bare start: {name:<54} {median:.3f} s  ({median / boss:.2f}x BOSS's){used}")
 
 
 def main() -> None:
