@@ -13,8 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
-import importlib.metadata
-import importlib.resources
+import importlib.util
 import json
 import subprocess
 import sys
@@ -113,12 +112,11 @@ BOSS_EXTRA_MISSING = 'BOSS configurations need heros-boss: pip install "boss-sid
 
 
 def heros_boss_installed() -> bool:
-    """Whether heros-boss is installed, found without importing it (it imports zenoh)."""
-    try:
-        importlib.metadata.distribution("heros-boss")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
+    """Whether heros-boss is installed: its package ``boss`` with the factory's module, found without
+    importing it (it imports zenoh) and without ``importlib.metadata`` (12 ms of every launcher start)."""
+    spec = importlib.util.find_spec("boss")
+    locations = (spec.submodule_search_locations if spec is not None else None) or []
+    return any((Path(location) / "configuration.py").is_file() for location in locations)
 
 
 def _found(value: object) -> str:
@@ -387,8 +385,7 @@ def parse_config(text: str, file: str, base: Path, *, check_imports: bool = True
 def load_config(path: str | Path | None, *, check_imports: bool = True) -> LauncherConfig:
     """Read and validate ``path``, or the embedded default configuration when it is None."""
     if path is None:
-        resource = importlib.resources.files("boss_sidecar") / DEFAULT_CONFIG
-        text = resource.read_text(encoding="utf-8")
+        text = (Path(__file__).parent / DEFAULT_CONFIG).read_text(encoding="utf-8")  # package data, on disk
         return parse_config(text, f"<embedded {DEFAULT_CONFIG}>", Path.cwd(), check_imports=check_imports)
     file = Path(path)
     try:
