@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from boss_sidecar.config import POLICY_KEYS, ConfigProblems, LauncherConfig, load_config
+from boss_sidecar.config import POLICY_KEYS, ConfigProblems, LauncherConfig, heros_boss_installed, load_config
 from boss_sidecar.errors import ConfigError
 from boss_sidecar.policy import SidecarPolicy
 from boss_sidecar.testing import peer_config
@@ -94,6 +95,23 @@ def test_the_embedded_default_is_valid_and_stays_on_loopback() -> None:
     assert all(endpoint.startswith("tcp/127.0.0.1:") for endpoint in zenoh["listen"]["endpoints"])
     assert zenoh["scouting"] == {"multicast": {"enabled": False}, "gossip": {"enabled": False}}
     assert config.sidecars["demo"].objects[0]["classname"] == "boss_sidecar.demo:Counter"
+
+
+@pytest.mark.parametrize(
+    ("files", "installed"), [(["__init__.py", "configuration.py"], True), (["__init__.py"], False)]
+)
+def test_heros_boss_is_found_by_its_factory_module_without_importing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: list[str], installed: bool
+) -> None:
+    """A package ``boss`` counts as heros-boss only with the factory's module; nothing of it is imported."""
+    package = tmp_path / "boss"
+    package.mkdir()
+    for name in files:
+        (package / name).write_text("raise RuntimeError('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "boss", raising=False)
+    assert heros_boss_installed() is installed
+    assert "boss" not in sys.modules
 
 
 # ----------------------------------------------------------------- one test per kind of error
