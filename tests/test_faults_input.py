@@ -255,6 +255,19 @@ def test_result_that_would_import_zenoh_in_the_host_is_an_encode_error_naming_it
     serving.assert_still_serving()
 
 
+def test_result_that_only_mentions_zenoh_travels_and_the_check_runs_none_of_its_code(serving: Serving) -> None:
+    """Text that names zenoh is no reference to it: the result arrives whole, and the worker's check
+    built none of its objects (a ``__setstate__`` with side effects never ran there)."""
+    from peers.fault_objects import CountsUnpickling
+
+    value = serving.echo.mentions_zenoh()
+    assert value["encoding"] == "zenoh/bytes"
+    assert isinstance(value["marker"], CountsUnpickling) and value["marker"].note == "made in the worker"
+    assert serving.echo.unpicklings_here() == 0
+    assert "zenoh" not in sys.modules
+    serving.assert_still_serving()
+
+
 # ----------------------------------------------------------------- hosting
 @pytest.mark.parametrize(
     ("classname", "expected"),

@@ -22,30 +22,59 @@ HOST_NEVER_IMPORTS = ("zenoh", "boss_sidecar.worker")
 _NEVER_IMPORTED_MARKS = tuple(package.encode() for package in HOST_NEVER_IMPORTS)
 
 
-def _never_imported(module: str) -> bool:
-    return any(module == package or module.startswith(package + ".") for package in HOST_NEVER_IMPORTS)
+def _refuse_never_imported(module: str, name: str) -> None:
+    """UnpicklingError if ``module`` is one a host never imports."""
+    if any(module == package or module.startswith(package + ".") for package in HOST_NEVER_IMPORTS):
+        raise pickle.UnpicklingError(f"{module}.{name} would import {module} in a host that never imports it")
 
 
 class _AsTheHostWould(pickle.Unpickler):
     """Unpickles as a host would, refusing a reference that would import what a host never imports."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if _never_imported(module):
-            raise pickle.UnpicklingError(f"{module}.{name} would import {module} in a host that never imports it")
+        _refuse_never_imported(module, name)
         return super().find_class(module, name)
+
+
+class _Inert:
+    """Stands in for every class and function a pickle names while it is only scanned: none of their
+    code runs (no ``__setstate__``, no constructor with side effects), whatever the result holds."""
+
+    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, _state: Any) -> None:
+        pass
+
+    def __setitem__(self, _key: Any, _value: Any) -> None:
+        pass
+
+    def append(self, _item: Any) -> None:
+        pass
+
+    def extend(self, _items: Any) -> None:
+        pass
+
+
+class _ReferenceScan(pickle.Unpickler):
+    """Reads a pickle only for the modules it refers to; builds stand-ins, never the real objects."""
+
+    def find_class(self, module: str, name: str) -> type[_Inert]:
+        _refuse_never_imported(module, name)
+        return _Inert
 
 
 def _refers_to_never_imported(data: bytes) -> str | None:
     """What in ``data`` a host could not unpickle without importing zenoh, if anything.
 
-    A quick look for the packages' names first: a precise check only when one appears."""
+    A quick look for the packages' names first: the scan only when one appears."""
     for mark in _NEVER_IMPORTED_MARKS:
         if mark in data:
             break
     else:
         return None
     try:
-        _AsTheHostWould(io.BytesIO(data)).load()
+        _ReferenceScan(io.BytesIO(data)).load()
     except pickle.UnpicklingError as exc:
         return str(exc)
     except Exception:

@@ -34,6 +34,16 @@ def _worker_only_error() -> type[Exception]:
     return error
 
 
+class CountsUnpickling:
+    """Counts how often it was unpickled in this process (its ``__setstate__`` runs each time)."""
+
+    unpickled = 0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        type(self).unpickled += 1
+        self.__dict__.update(state)
+
+
 class FaultEcho:
     """Echoes, hangs, hogs, and raises on request."""
 
@@ -85,6 +95,15 @@ class FaultEcho:
         import zenoh  # in the worker only
 
         return {"problem": zenoh.ZError("session closed")}
+
+    def mentions_zenoh(self) -> dict[str, Any]:
+        """A result that names zenoh only as text, beside an object that counts its unpicklings."""
+        marker = CountsUnpickling()
+        marker.note = "made in the worker"
+        return {"encoding": "zenoh/bytes", "marker": marker}
+
+    def unpicklings_here(self) -> int:
+        return CountsUnpickling.unpickled
 
     def worker_function(self) -> Any:
         """A function of the worker's own code: pickled by reference, it would import the worker's module."""
