@@ -14,6 +14,7 @@ import traceback
 from typing import Any
 
 from boss_sidecar._pending import _describe
+from boss_sidecar._salvage import _StandIn, _StandInUnpickler
 from boss_sidecar.errors import EncodeError, MessageTooLarge, RemoteError, ZenohError
 from boss_sidecar.protocol import Call, Error, Event, Message, Result, SetAttribute
 
@@ -36,32 +37,12 @@ class _AsTheHostWould(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-class _Inert:
-    """Stands in for every class and function a pickle names while it is only scanned: none of their
-    code runs (no ``__setstate__``, no constructor with side effects), whatever the result holds."""
+class _ReferenceScan(_StandInUnpickler):
+    """Reads a pickle only for the modules it refers to: what it names becomes a stand-in, never run."""
 
-    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, _state: Any) -> None:
-        pass
-
-    def __setitem__(self, _key: Any, _value: Any) -> None:
-        pass
-
-    def append(self, _item: Any) -> None:
-        pass
-
-    def extend(self, _items: Any) -> None:
-        pass
-
-
-class _ReferenceScan(pickle.Unpickler):
-    """Reads a pickle only for the modules it refers to; builds stand-ins, never the real objects."""
-
-    def find_class(self, module: str, name: str) -> type[_Inert]:
+    def find_class(self, module: str, name: str) -> type[_StandIn]:
         _refuse_never_imported(module, name)
-        return _Inert
+        return super().find_class(module, name)
 
 
 def _refers_to_never_imported(data: bytes) -> str | None:
